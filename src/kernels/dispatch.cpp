@@ -1,0 +1,89 @@
+#include "kernels/dispatch.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "core/error.h"
+#include "kernels/scalar_ref.h"
+
+namespace anybit {
+
+std::string_view isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "?";
+}
+
+namespace {
+
+bool cpu_supports(Isa isa) {
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::Scalar: return true;
+    case Isa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case Isa::Avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni") &&
+             __builtin_cpu_supports("f16c");
+  }
+  return false;
+}
+
+KernelTable make_scalar() {
+  KernelTable t;
+  t.isa = Isa::Scalar;
+  for (DType d : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0})
+    t.matmul[int(d)] = scalar::matmul;
+  t.rmsnorm = scalar::rmsnorm;
+  t.silu_mul = scalar::silu_mul;
+  return t;
+}
+
+// SIMD tables start from the scalar one and override what they implement.
+KernelTable make_table(Isa isa) {
+  KernelTable t = make_scalar();
+  t.isa = isa;
+  return t;
+}
+
+}  // namespace
+
+const KernelTable* kernels_for(Isa isa) {
+  static const KernelTable tables[3] = {make_table(Isa::Scalar), make_table(Isa::Avx2),
+                                        make_table(Isa::Avx512)};
+  if (!cpu_supports(isa)) return nullptr;
+  return &tables[int(isa)];
+}
+
+const KernelTable& kernels() {
+  static const KernelTable* chosen = [] {
+    const char* env = std::getenv("ANYBIT_ISA");
+    if (env && *env) {
+      for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+        if (isa_name(isa) == env) {
+          const KernelTable* t = kernels_for(isa);
+          if (!t) fail("ANYBIT_ISA={}: this CPU cannot run it", env);
+          return t;
+        }
+      fail("ANYBIT_ISA={}: unknown (scalar, avx2, avx512)", env);
+    }
+    for (Isa isa : {Isa::Avx512, Isa::Avx2})
+      if (const KernelTable* t = kernels_for(isa)) return t;
+    return kernels_for(Isa::Scalar);
+  }();
+  return *chosen;
+}
+
+void matmul(const float* x, int64_t m, const WeightMatrix& w, float* y) {
+  MatmulFn f = kernels().matmul[int(w.dtype)];
+  if (!f) fail("no matmul kernel for weight dtype {}", dtype_name(w.dtype));
+  f(x, m, w, y);
+}
+
+}  // namespace anybit
