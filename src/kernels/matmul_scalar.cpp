@@ -12,7 +12,7 @@ void matmul(const float* x, int64_t m, const WeightMatrix& w, float* y) {
   const size_t row_bytes = dtype_row_bytes(w.dtype, k);
 #pragma omp parallel
   {
-    std::vector<float> row(size_t(k));
+    std::vector<float> row(static_cast<size_t>(k));
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < n; ++j) {
       dequantize_row(w.dtype, static_cast<const uint8_t*>(w.data) + size_t(j) * row_bytes, row.data(), k);
@@ -28,7 +28,7 @@ void matmul(const float* x, int64_t m, const WeightMatrix& w, float* y) {
 
 void rmsnorm(const float* x, const void* weight, DType wdtype, int64_t m, int64_t n, float eps,
              float* out) {
-  std::vector<float> w(size_t(n));
+  std::vector<float> w(static_cast<size_t>(n));
   dequantize_row(wdtype, weight, w.data(), n);
   for (int64_t i = 0; i < m; ++i) {
     const float* xi = x + i * n;

@@ -31,6 +31,7 @@ struct ModelConfig {
   bool attn_bias = false;  // q/k/v projections carry a bias (qwen2)
   bool attn_out_bias = false;
   bool mlp_bias = false;
+  int64_t sliding_window = 0;  // 0 = full attention
   int32_t bos_id = -1;
   std::vector<int32_t> eos_ids;
 
@@ -40,5 +41,6 @@ struct ModelConfig {
 // Parses a Hugging Face config.json (llama, mistral, qwen2). generation_config.json,
 // when given, can add eos ids.
 ModelConfig parse_hf_config(const std::string& config_json_text, const std::string& origin);
+void merge_generation_config(const std::string& json_text, ModelConfig& config, const std::string& origin);
 
 }  // namespace anybit

@@ -1,0 +1,122 @@
+// `anybit bench`: prefill and decode throughput like llama-bench (median of repetitions).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <omp.h>
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "core/error.h"
+#include "kernels/dispatch.h"
+#include "runtime/random_model.h"
+
+namespace anybit::cli {
+
+namespace {
+
+struct BenchArgs {
+  ModelArgs model;
+  std::string shape;
+  std::string dtype = "bf16";
+  int64_t p = 64, n = 32;
+  int reps = 5;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+DType parse_dtype(const std::string& s) {
+  if (s == "f32") return DType::F32;
+  if (s == "f16") return DType::F16;
+  if (s == "bf16") return DType::BF16;
+  fail("--dtype must be f32, f16 or bf16 (got '{}')", s);
+}
+
+int run_bench(const BenchArgs& a) {
+  std::unique_ptr<Engine> engine;
+  EngineOptions o;
+  o.threads = a.model.threads;
+  o.max_context = std::max<int64_t>(a.p, a.n + 1) + 16;
+  std::string name;
+  if (!a.shape.empty()) {
+    engine = std::make_unique<Engine>(make_random_model(named_shape(a.shape), parse_dtype(a.dtype), 1234), o);
+    name = a.shape + " (random)";
+  } else {
+    ModelArgs m = a.model;
+    m.ctx = o.max_context;
+    engine = load_engine(m);
+    name = model_path_or_default(a.model.path);
+  }
+  const ModelConfig& c = engine->config();
+  size_t matrix_bytes = 0;
+  int64_t params = 0;
+  for (const auto& [_, t] : engine->files().weights->all()) {
+    params += t.numel();
+    matrix_bytes += t.nbytes;
+  }
+  const double bpw = 8.0 * double(matrix_bytes) / double(params);
+  std::mt19937 rng(7);
+  std::vector<int32_t> prompt(size_t(std::max<int64_t>(a.p, 1)));
+  for (auto& t : prompt) t = int32_t(rng() % uint32_t(c.vocab));
+
+  auto time_it = [](auto&& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  KVCache& kv = engine->kv();
+  ForwardOutput out;
+  auto prefill = [&] {
+    SequenceKV seq;
+    engine->model().forward({BatchEntry{&seq, prompt.data(), a.p, false}}, kv, out);
+    kv.release(seq);
+  };
+  auto decode = [&] {
+    SequenceKV seq;
+    int32_t id = prompt[0];
+    for (int64_t i = 0; i < a.n; ++i) {
+      engine->model().forward({BatchEntry{&seq, &id, 1, false}}, kv, out);
+      id = int32_t(std::max_element(out.row(0), out.row(0) + out.vocab) - out.row(0));
+    }
+    kv.release(seq);
+  };
+  std::vector<double> pp, tg;
+  if (a.p > 0) prefill();  // warm-up
+  if (a.n > 0) decode();
+  for (int r = 0; r < a.reps; ++r) {
+    if (a.p > 0) pp.push_back(double(a.p) / time_it(prefill));
+    if (a.n > 0) tg.push_back(double(a.n) / time_it(decode));
+  }
+  const int threads = a.model.threads > 0 ? a.model.threads : omp_get_max_threads();
+  std::printf("| model | params | size | bpw | kernels | threads | test | t/s (median of %d) |\n", a.reps);
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  auto row = [&](const char* test, int64_t n, const std::vector<double>& v) {
+    std::printf("| %s | %.2f B | %.2f GiB | %.2f | %s %s | %d | %s%lld | %.2f (min %.2f, max %.2f) |\n", name.c_str(),
+                double(params) / 1e9, double(matrix_bytes) / double(1u << 30), bpw,
+                std::string(isa_name(kernels().isa)).c_str(), a.dtype.c_str(), threads, test, (long long)n, median(v),
+                *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end()));
+  };
+  if (!pp.empty()) row("pp", a.p, pp);
+  if (!tg.empty()) row("tg", a.n, tg);
+  return 0;
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  auto* a = new BenchArgs();
+  auto* sub = app.add_subcommand("bench", "Prefill/decode throughput (like llama-bench)");
+  a->model.add(sub);
+  sub->add_option("--shape", a->shape, "Named random-weight shape instead of -m (llama-1b, llama-8b, tiny)");
+  sub->add_option("--dtype", a->dtype, "Weight dtype of a --shape model: bf16, f16, f32");
+  sub->add_option("-p,--n-prompt", a->p, "Prompt tokens (pp test)")->check(CLI::Range(int64_t(0), int64_t(1) << 16));
+  sub->add_option("-n,--n-gen", a->n, "Generated tokens (tg test)")->check(CLI::Range(int64_t(0), int64_t(1) << 16));
+  sub->add_option("-r,--repetitions", a->reps, "Repetitions")->check(CLI::Range(1, 1000));
+  add_command(sub, [a] { return run_bench(*a); });
+}
+
+}  // namespace anybit::cli

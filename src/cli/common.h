@@ -1,0 +1,30 @@
+// Options shared by several sub-commands.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "runtime/engine.h"
+#include "runtime/sampler.h"
+
+namespace anybit::cli {
+
+struct ModelArgs {
+  std::string path;  // empty = embedded default model
+  int threads = 0;
+  int64_t ctx = 0;
+  void add(CLI::App* sub);
+};
+
+struct SamplingArgs {
+  float temp = 0.0f, top_p = 1.0f, min_p = 0.0f, repeat_penalty = 1.0f;
+  int32_t top_k = 0;
+  uint64_t seed = 0;
+  SamplingParams params() const;
+  void add(CLI::App* sub);
+};
+
+// Loads the model with a progress bar on stderr for large files.
+std::unique_ptr<Engine> load_engine(const ModelArgs& a, int64_t max_sequences = 1);
+
+}  // namespace anybit::cli

@@ -1,0 +1,29 @@
+#include "runtime/engine.h"
+
+#include <omp.h>
+
+#include "core/error.h"
+
+namespace anybit {
+
+void set_thread_count(int threads) {
+  if (threads < 0) fail("--threads must be >= 0 (got {})", threads);
+  if (threads > 0) omp_set_num_threads(threads);
+}
+
+Engine::Engine(ModelFiles files, const EngineOptions& opts) : files_(std::move(files)) {
+  set_thread_count(opts.threads);
+  model_ = std::make_unique<LlamaModel>(files_.config, files_.weights);
+  max_context_ = opts.max_context > 0 ? opts.max_context : files_.config.max_position;
+  if (max_context_ <= 0) max_context_ = 4096;
+  const int64_t bs = 16;
+  const int64_t per_seq = (max_context_ + bs - 1) / bs;
+  kv_ = std::make_unique<KVCache>(files_.config, per_seq * std::max<int64_t>(1, opts.max_sequences), bs);
+}
+
+std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOptions& opts,
+                                     const LoadProgress& progress) {
+  return std::make_unique<Engine>(load_model_files(path, progress), opts);
+}
+
+}  // namespace anybit

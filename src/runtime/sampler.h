@@ -1,0 +1,46 @@
+// Turns a row of logits into the next token: greedy, or temperature sampling
+// filtered by top-k, top-p (nucleus) and min-p, with a repetition penalty.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace anybit {
+
+struct SamplingParams {
+  float temperature = 0.0f;        // 0 = greedy
+  int32_t top_k = 0;               // 0 = off
+  float top_p = 1.0f;              // 1 = off
+  float min_p = 0.0f;              // 0 = off; keep tokens with p >= min_p * p_max
+  float repetition_penalty = 1.0f; // 1 = off (CTRL-style: divide positive logits, multiply negative)
+  int32_t repeat_last_n = 64;      // window the penalty looks at (-1 = whole history)
+  uint64_t seed = 0;
+
+  void validate() const;  // throws anybit::Error on out-of-range values
+};
+
+struct TokenProb {
+  int32_t id;
+  float logprob;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& p);
+  // `history`: the prompt and generated ids so far (for the repetition penalty).
+  int32_t sample(const float* logits, int64_t vocab, const std::vector<int32_t>& history);
+  const SamplingParams& params() const { return p_; }
+
+  // Log-probabilities (of the unmodified distribution) of the `n` most likely tokens.
+  static std::vector<TokenProb> top_logprobs(const float* logits, int64_t vocab, int n);
+
+ private:
+  SamplingParams p_;
+  std::mt19937_64 rng_;
+  std::vector<float> work_;
+  std::vector<int32_t> idx_;
+};
+
+int32_t argmax(const float* x, int64_t n);
+
+}  // namespace anybit
