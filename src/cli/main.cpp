@@ -1,6 +1,7 @@
 // anybit: one binary, sub-commands run/chat/perplexity/bench/convert.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"

@@ -1,0 +1,94 @@
+// The anybit binary end to end, as a user runs it.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/mapped_file.h"
+#include "test_util.h"
+
+using namespace anybit;
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+const std::string kModel = std::string(ANYBIT_SOURCE_DIR) + "/models/tiny-llama";
+json reference() { return json::parse(read_text_file(std::string(ANYBIT_SHARED_DIR) + "/models/tiny-llama/reference.json")); }
+
+std::string last_line(const std::string& s) {
+  std::string t = s;
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  const size_t nl = t.rfind('\n');
+  return nl == std::string::npos ? t : t.substr(nl + 1);
+}
+}  // namespace
+
+TEST(Cli, RunPrintsExactlyTheGreedyContinuation) {
+  for (const auto& r : reference()["references"]) {
+    const std::string prompt = r["prompt"];
+    // The default model is the embedded tiny-llama: no -m needed.
+    auto res = test::run_cli("run -p '" + prompt + "' -n 48 -t 2");
+    ASSERT_EQ(res.exit_code, 0) << res.err;
+    EXPECT_EQ(res.out, r["greedy_text"].get<std::string>() + "\n") << prompt;
+  }
+}
+
+TEST(Cli, StopStringsAndSeededSampling) {
+  auto res = test::run_cli("run -m " + kModel + " -p 'The kernel' -n 48 --stop 'aware'");
+  ASSERT_EQ(res.exit_code, 0) << res.err;
+  EXPECT_EQ(res.out, " is not yet available.\n\nThe kernel is not \n");
+  auto a = test::run_cli("run -p 'The kernel' -n 24 --temp 0.9 --top-p 0.9 --top-k 40 --seed 5");
+  auto b = test::run_cli("run -p 'The kernel' -n 24 --temp 0.9 --top-p 0.9 --top-k 40 --seed 5");
+  auto c = test::run_cli("run -p 'The kernel' -n 24 --temp 0.9 --top-p 0.9 --top-k 40 --seed 6");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_NE(a.out, c.out);
+}
+
+TEST(Cli, PerplexityMatchesTheReferenceProtocol) {
+  const std::string val = std::string(ANYBIT_SHARED_DIR) + "/data/val.txt";
+  auto res = test::run_cli("perplexity -f " + val + " --ctx 512");
+  ASSERT_EQ(res.exit_code, 0) << res.err;
+  const std::string line = last_line(res.out);
+  ASSERT_EQ(line.rfind("ppl = ", 0), 0u) << line;
+  const double ppl = std::stod(line.substr(6));
+  const double want = reference()["ppl_val"].get<double>();
+  EXPECT_LT(std::fabs(ppl - want) / want, 0.002) << "ppl " << ppl << " vs " << want;
+}
+
+TEST(Cli, BenchOnANamedShape) {
+  auto res = test::run_cli("bench --shape tiny -p 16 -n 8 -r 2 --dtype bf16");
+  ASSERT_EQ(res.exit_code, 0) << res.err;
+  EXPECT_NE(res.out.find("| pp16 |"), std::string::npos) << res.out;
+  EXPECT_NE(res.out.find("| tg8 |"), std::string::npos) << res.out;
+}
+
+TEST(Cli, BadInputGivesOneLineErrorAndNonZeroExit) {
+  test::TempDir tmp;
+  // A model folder whose weights file is cut in half.
+  const fs::path dir = tmp.path() / "truncated";
+  fs::create_directories(dir);
+  for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json"})
+    fs::copy_file(fs::path(kModel) / f, dir / f);
+  const std::string st = read_text_file(kModel + "/model.safetensors");
+  test::write_file((dir / "model.safetensors").string(), st.substr(0, st.size() / 2));
+  auto expect_clean_error = [](const test::CommandResult& r, const std::string& needle) {
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.exit_code, -1) << "crashed";
+    EXPECT_EQ(r.out, "");
+    EXPECT_NE(r.err.find("error: "), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+  };
+  expect_clean_error(test::run_cli("run -m " + dir.string() + " -p hi"), "model.safetensors");
+  // An unknown architecture.
+  std::string cfg = read_text_file(kModel + "/config.json");
+  cfg.replace(cfg.find("\"llama\""), 7, "\"mamba\"");
+  test::write_file((dir / "config.json").string(), cfg);
+  expect_clean_error(test::run_cli("run -m " + dir.string() + " -p hi"), "mamba");
+  expect_clean_error(test::run_cli("run -m /nonexistent/model -p hi"), "/nonexistent/model");
+  expect_clean_error(test::run_cli("run -p hi --top-p 0"), "top_p");
+  // A GGUF path that is not a GGUF file.
+  test::write_file(tmp.file("fake.gguf"), "GGUF but not really");
+  expect_clean_error(test::run_cli("run -m " + tmp.file("fake.gguf") + " -p hi"), "fake.gguf");
+}
