@@ -52,6 +52,8 @@ class Tokenizer {
   bool is_special(int32_t id) const;
   int32_t token_to_id(std::string_view token) const;  // -1 when absent
   const std::string& chat_template() const;           // "" when none
+  // GGUF readers set the template stored under tokenizer.chat_template.
+  void set_chat_template(std::string tmpl);
   const std::string& bos_token() const;
   const std::string& eos_token() const;
 
