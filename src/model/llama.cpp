@@ -68,6 +68,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, std::shared_ptr<const TensorStore
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     Layer L;
+    L.prefix = p;
     L.attn_norm = vec(p + "input_layernorm.weight", H);
     L.mlp_norm = vec(p + "post_attention_layernorm.weight", H);
     L.q = matrix(p + "self_attn.q_proj.weight", cfg.n_heads * hd, H);
@@ -120,15 +121,21 @@ void LlamaModel::embed(const std::vector<BatchEntry>& batch, int64_t total) {
     }
 }
 
+void LlamaModel::linear(const Layer& L, const char* name, const WeightMatrix& w, const float* x, int64_t m,
+                        float* y) {
+  if (observer_) observer_(L.prefix + name, x, m, w.cols);
+  kernels().matmul[int(w.dtype)](x, m, w, y);
+}
+
 void LlamaModel::attention_block(const Layer& L, int64_t layer, const std::vector<BatchEntry>& batch,
                                  int64_t total, KVCache& kv) {
   const auto& K = kernels();
   const int64_t H = cfg_.hidden, hd = cfg_.head_dim;
   const int64_t qd = cfg_.n_heads * hd, kvd = cfg_.n_kv_heads * hd;
   K.rmsnorm(s_.x.data(), L.attn_norm.data(), DType::F32, total, H, cfg_.rms_eps, s_.xn.data());
-  K.matmul[int(L.q.dtype)](s_.xn.data(), total, L.q, s_.q.data());
-  K.matmul[int(L.k.dtype)](s_.xn.data(), total, L.k, s_.k.data());
-  K.matmul[int(L.v.dtype)](s_.xn.data(), total, L.v, s_.v.data());
+  linear(L, "self_attn.q_proj.weight", L.q, s_.xn.data(), total, s_.q.data());
+  linear(L, "self_attn.k_proj.weight", L.k, s_.xn.data(), total, s_.k.data());
+  linear(L, "self_attn.v_proj.weight", L.v, s_.xn.data(), total, s_.v.data());
   add_bias(s_.q.data(), total, L.q_bias);
   add_bias(s_.k.data(), total, L.k_bias);
   add_bias(s_.v.data(), total, L.v_bias);
@@ -159,7 +166,7 @@ void LlamaModel::attention_block(const Layer& L, int64_t layer, const std::vecto
     attention_paged(a, kv, *e.seq);
     t0 += e.n_tokens;
   }
-  K.matmul[int(L.o.dtype)](s_.att.data(), total, L.o, s_.proj.data());
+  linear(L, "self_attn.o_proj.weight", L.o, s_.att.data(), total, s_.proj.data());
   add_bias(s_.proj.data(), total, L.o_bias);
   for (int64_t i = 0; i < total * H; ++i) s_.x[size_t(i)] += s_.proj[size_t(i)];
 }
@@ -168,12 +175,12 @@ void LlamaModel::mlp_block(const Layer& L, int64_t total) {
   const auto& K = kernels();
   const int64_t H = cfg_.hidden, F = cfg_.ffn;
   K.rmsnorm(s_.x.data(), L.mlp_norm.data(), DType::F32, total, H, cfg_.rms_eps, s_.xn.data());
-  K.matmul[int(L.gate.dtype)](s_.xn.data(), total, L.gate, s_.gate.data());
-  K.matmul[int(L.up.dtype)](s_.xn.data(), total, L.up, s_.up.data());
+  linear(L, "mlp.gate_proj.weight", L.gate, s_.xn.data(), total, s_.gate.data());
+  linear(L, "mlp.up_proj.weight", L.up, s_.xn.data(), total, s_.up.data());
   add_bias(s_.gate.data(), total, L.gate_bias);
   add_bias(s_.up.data(), total, L.up_bias);
   K.silu_mul(s_.gate.data(), s_.up.data(), total, F, F, s_.act.data());
-  K.matmul[int(L.down.dtype)](s_.act.data(), total, L.down, s_.proj.data());
+  linear(L, "mlp.down_proj.weight", L.down, s_.act.data(), total, s_.proj.data());
   add_bias(s_.proj.data(), total, L.down_bias);
   for (int64_t i = 0; i < total * H; ++i) s_.x[size_t(i)] += s_.proj[size_t(i)];
 }
@@ -235,6 +242,7 @@ void LlamaModel::forward(const std::vector<BatchEntry>& batch, KVCache& kv, Forw
   const auto& K = kernels();
   K.rmsnorm(s_.xn.data(), final_norm_.data(), DType::F32, out_rows, H, cfg_.rms_eps, s_.proj.data());
   out.logits.resize(size_t(out_rows * cfg_.vocab));
+  if (observer_) observer_("lm_head.weight", s_.proj.data(), out_rows, H);
   K.matmul[int(lm_head_.dtype)](s_.proj.data(), out_rows, lm_head_, out.logits.data());
 }
 

@@ -7,6 +7,8 @@
 // batching needs.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -44,8 +46,14 @@ class LlamaModel {
 
   size_t weight_bytes() const;
 
+  // Calibration hook: called with the fp32 input rows of every linear layer, named by its
+  // weight (e.g. "model.layers.3.mlp.down_proj.weight"), before the matmul runs.
+  using ActivationObserver = std::function<void(const std::string& weight, const float* x, int64_t m, int64_t k)>;
+  void set_observer(ActivationObserver obs) { observer_ = std::move(obs); }
+
  private:
   struct Layer {
+    std::string prefix;  // "model.layers.N."
     std::vector<float> attn_norm, mlp_norm;
     WeightMatrix q, k, v, o, gate, up, down;
     std::vector<float> q_bias, k_bias, v_bias, o_bias, gate_bias, up_bias, down_bias;
@@ -60,6 +68,8 @@ class LlamaModel {
   void attention_block(const Layer& L, int64_t layer, const std::vector<BatchEntry>& batch, int64_t total,
                        KVCache& kv);
   void mlp_block(const Layer& L, int64_t total);
+  // y = x · W^T for `m` rows, reporting x to the observer first.
+  void linear(const Layer& L, const char* name, const WeightMatrix& w, const float* x, int64_t m, float* y);
 
   ModelConfig cfg_;
   std::shared_ptr<const TensorStore> weights_;
@@ -69,6 +79,7 @@ class LlamaModel {
   std::vector<Layer> layers_;
   std::vector<float> inv_freq_;
   Scratch s_;
+  ActivationObserver observer_;
 };
 
 }  // namespace anybit
