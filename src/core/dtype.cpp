@@ -13,6 +13,7 @@ std::string_view dtype_name(DType t) {
     case DType::Q4_0: return "q4_0";
     case DType::I32: return "i32";
     case DType::I64: return "i64";
+    case DType::QBITS: return "qbits";
   }
   return "?";
 }
@@ -28,6 +29,7 @@ size_t dtype_row_bytes(DType t, int64_t n) {
     case DType::F16: case DType::BF16: return size_t(n) * 2;
     case DType::Q8_0: return size_t(n / 32) * 34;
     case DType::Q4_0: return size_t(n / 32) * 18;
+    case DType::QBITS: return 0;  // not a plain row format: see quant/quantized_weight.h
   }
   return 0;
 }

@@ -15,6 +15,8 @@ enum class DType : uint8_t {
   Q4_0,  // GGUF block format: 32 nibbles + one f16 scale (18 bytes / 32 weights)
   I32,
   I64,
+  QBITS,  // anybit's any-bit (2..8) group-quantized matrix: data points at a QuantizedWeight
+          // (src/quant/quantized_weight.h), never at raw bytes
 };
 
 std::string_view dtype_name(DType t);
