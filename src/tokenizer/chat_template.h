@@ -1,6 +1,5 @@
-// Chat templates: a Jinja subset interpreter for the templates Hugging Face
-// models ship in tokenizer_config.json (Llama-3, Qwen2/ChatML, Mistral).
-// (Interface fixed by the CLI/server; the implementation lives in chat_template.cpp.)
+// Chat prompts from a model's Jinja chat template (tokenizer_config.json's
+// chat_template), with ChatML as the fallback for models that ship none.
 #pragma once
 #include <memory>
 #include <string>
@@ -8,26 +7,41 @@
 
 namespace anybit {
 
+namespace jinja {
+class Template;
+}
+class Tokenizer;
+
 struct ChatMessage {
-  std::string role;     // "system" | "user" | "assistant" | ...
+  std::string role;  // "system", "user", "assistant", ...
   std::string content;
 };
 
 class ChatTemplate {
  public:
-  explicit ChatTemplate(const std::string& source);  // throws anybit::Error on a syntax error
+  // Parses once; throws anybit::Error "<origin>: line N: ..." on a syntax error.
+  explicit ChatTemplate(const std::string& source, const std::string& origin = "chat template");
+  ~ChatTemplate();
   ChatTemplate(ChatTemplate&&) noexcept;
   ChatTemplate& operator=(ChatTemplate&&) noexcept;
-  ~ChatTemplate();
-  static ChatTemplate default_chatml();
 
-  // Throws anybit::Error when the template raises (raise_exception) or fails.
+  // The template's raise_exception(...) and evaluation errors throw anybit::Error.
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                      const std::string& bos_token, const std::string& eos_token) const;
 
+  // The tokenizer's template, or default_chatml() when it has none.
+  static ChatTemplate for_tokenizer(const Tokenizer& tok);
+
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  std::unique_ptr<jinja::Template> tmpl_;
 };
+
+// One-shot parse and render.
+std::string render_chat(const std::string& template_source, const std::vector<ChatMessage>& messages,
+                        bool add_generation_prompt, const std::string& bos_token, const std::string& eos_token);
+
+// ChatML: <|im_start|>role\ncontent<|im_end|>\n per message, then
+// <|im_start|>assistant\n when a generation prompt is asked for.
+const std::string& default_chatml();
 
 }  // namespace anybit
