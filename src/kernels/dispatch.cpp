@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "kernels/scalar_ref.h"
+#include "kernels/simd_kernels.h"
 
 namespace anybit {
 
@@ -49,6 +50,27 @@ KernelTable make_scalar() {
 KernelTable make_table(Isa isa) {
   KernelTable t = make_scalar();
   t.isa = isa;
+  switch (isa) {
+    case Isa::Scalar: break;
+    case Isa::Avx2:
+      t.matmul[int(DType::F32)] = avx2::matmul_f32;
+      t.matmul[int(DType::F16)] = avx2::matmul_f16;
+      t.matmul[int(DType::BF16)] = avx2::matmul_bf16;
+      t.matmul[int(DType::Q8_0)] = avx2::matmul_q8_0;
+      t.matmul[int(DType::Q4_0)] = avx2::matmul_q4_0;
+      t.rmsnorm = avx2::rmsnorm;
+      t.silu_mul = avx2::silu_mul;
+      break;
+    case Isa::Avx512:
+      t.matmul[int(DType::F32)] = avx512::matmul_f32;
+      t.matmul[int(DType::F16)] = avx512::matmul_f16;
+      t.matmul[int(DType::BF16)] = avx512::matmul_bf16;
+      t.matmul[int(DType::Q8_0)] = avx512::matmul_q8_0;
+      t.matmul[int(DType::Q4_0)] = avx512::matmul_q4_0;
+      t.rmsnorm = avx512::rmsnorm;
+      t.silu_mul = avx512::silu_mul;
+      break;
+  }
   return t;
 }
 
