@@ -40,6 +40,7 @@ int run_bench(const BenchArgs& a) {
   std::unique_ptr<Engine> engine;
   EngineOptions o;
   o.threads = a.model.threads;
+  o.device = a.model.device;
   o.max_context = std::max<int64_t>(a.p, a.n + 1) + 16;
   std::string name;
   if (!a.shape.empty()) {
@@ -97,7 +98,7 @@ int run_bench(const BenchArgs& a) {
   auto row = [&](const char* test, int64_t n, const std::vector<double>& v) {
     std::printf("| %s | %.2f B | %.2f GiB | %.2f | %s %s | %d | %s%lld | %.2f (min %.2f, max %.2f) |\n", name.c_str(),
                 double(params) / 1e9, double(matrix_bytes) / double(1u << 30), bpw,
-                std::string(isa_name(kernels().isa)).c_str(), a.dtype.c_str(), threads, test, (long long)n, median(v),
+                engine->model().name().c_str(), a.dtype.c_str(), threads, test, (long long)n, median(v),
                 *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end()));
   };
   if (!pp.empty()) row("pp", a.p, pp);

@@ -14,6 +14,8 @@ void ModelArgs::add(CLI::App* sub) {
   sub->add_option("-m,--model", path, "HF model folder or GGUF file (default: the embedded tiny-llama)");
   sub->add_option("-t,--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1024));
   sub->add_option("-c,--ctx-size", ctx, "Context length (default: the model's)")->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+  sub->add_option("--device", device, "cpu, cuda or auto (default: cuda when a GPU is visible)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
 }
 
 void SamplingArgs::add(CLI::App* sub) {
@@ -49,11 +51,12 @@ std::unique_ptr<Engine> load_engine(const ModelArgs& a, int64_t max_sequences) {
   o.threads = a.threads;
   o.max_context = a.ctx;
   o.max_sequences = max_sequences;
+  o.device = a.device;
   auto e = std::make_unique<Engine>(std::move(files), o);
-  spdlog::info("loaded {} ({}, {} layers, {:.1f} MiB) in {:.2f}s, kernels: {}", path, e->files().format,
+  spdlog::info("loaded {} ({}, {} layers, {:.1f} MiB) in {:.2f}s, backend: {}", path, e->files().format,
                e->config().n_layers, double(e->model().weight_bytes()) / 1048576.0,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-               isa_name(kernels().isa));
+               e->model().name());
   return e;
 }
 

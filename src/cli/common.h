@@ -13,6 +13,7 @@ struct ModelArgs {
   std::string path;  // empty = embedded default model
   int threads = 0;
   int64_t ctx = 0;
+  std::string device = "auto";  // cpu | cuda | auto
   void add(CLI::App* sub);
 };
 

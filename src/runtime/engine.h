@@ -6,6 +6,7 @@
 #include "formats/model_loader.h"
 #include "model/kv_cache.h"
 #include "model/llama.h"
+#include "runtime/device.h"
 
 namespace anybit {
 
@@ -13,6 +14,7 @@ struct EngineOptions {
   int64_t max_context = 0;  // tokens per sequence; 0 = the model's max_position_embeddings
   int64_t max_sequences = 1;  // KV is sized for this many full-length sequences
   int threads = 0;          // 0 = all cores
+  std::string device = "auto";  // cpu | cuda | auto (cuda when a GPU is visible)
 };
 
 class Engine {
@@ -24,13 +26,19 @@ class Engine {
   const ModelConfig& config() const { return files_.config; }
   const Tokenizer& tokenizer() const { return files_.tokenizer; }
   const ModelFiles& files() const { return files_; }
-  LlamaModel& model() { return *model_; }
+  // The backend that runs forward passes (CPU or CUDA, per EngineOptions::device).
+  ModelBackend& model() { return *backend_; }
+  // The CPU model, always present (calibration observers, CPU-only tools).
+  LlamaModel& cpu_model() { return *model_; }
+  Device device() const { return device_; }
   KVCache& kv() { return *kv_; }
   int64_t max_context() const { return max_context_; }
 
  private:
   ModelFiles files_;
   std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<ModelBackend> backend_;
+  Device device_ = Device::Cpu;
   std::unique_ptr<KVCache> kv_;
   int64_t max_context_ = 0;
 };

@@ -1,0 +1,173 @@
+// Kernel timings on the GPU (anybit_cuda_bench): the decode GEMV for the Llama-1B and
+// Llama-8B matrix shapes against the device-to-device copy bandwidth, and split-KV decode
+// attention. Weights rotate over enough copies to defeat the L2; each figure is the median
+// of event-timed launches after a warm-up. Prints a markdown table.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "kernels/cuda_kernels.h"
+
+using namespace anybit;
+using namespace anybit::cuda;
+
+namespace {
+
+template <typename F>
+double median_us(F&& launch, int reps) {
+  cudaEvent_t a, b;
+  ANYBIT_CUDA_CHECK(cudaEventCreate(&a));
+  ANYBIT_CUDA_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 5; ++i) launch(i);
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    ANYBIT_CUDA_CHECK(cudaEventRecord(a));
+    launch(i);
+    ANYBIT_CUDA_CHECK(cudaEventRecord(b));
+    ANYBIT_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    ANYBIT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(double(ms) * 1000.0);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void* random_device_bytes(size_t bytes, DType t, std::mt19937_64& rng) {
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::vector<uint8_t> h(bytes);
+  const size_t es = t == DType::F32 ? 4 : 2;
+  for (size_t i = 0; i + es <= bytes; i += es) {
+    const float v = nd(rng);
+    if (es == 4) std::memcpy(&h[i], &v, 4);
+    else {
+      const uint16_t b = t == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
+      std::memcpy(&h[i], &b, 2);
+    }
+  }
+  void* d = nullptr;
+  ANYBIT_CUDA_CHECK(cudaMalloc(&d, bytes));
+  ANYBIT_CUDA_CHECK(cudaMemcpy(d, h.data(), bytes, cudaMemcpyHostToDevice));
+  return d;
+}
+
+}  // namespace
+
+int main() {
+  if (device_count() == 0) {
+    std::printf("no CUDA device\n");
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  ANYBIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::mt19937_64 rng(1);
+  std::printf("device: %s, %d SMs, L2 %d MB\n\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+
+  const size_t copy_bytes = size_t(1) << 30;
+  void *src = nullptr, *dst = nullptr;
+  ANYBIT_CUDA_CHECK(cudaMalloc(&src, copy_bytes));
+  ANYBIT_CUDA_CHECK(cudaMalloc(&dst, copy_bytes));
+  ANYBIT_CUDA_CHECK(cudaMemset(src, 0x3c, copy_bytes));
+  const double copy_us = median_us([&](int) { cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice); }, 10);
+  const double copy_gbs = 2.0 * double(copy_bytes) / copy_us / 1e3;
+  cudaFree(src);
+  cudaFree(dst);
+
+  std::printf("| kernel | shape | median us | GB/s | %% of copy |\n|---|---|---|---|---|\n");
+  std::printf("| D2D copy | 1 GiB | %.1f | %.0f | 100 |\n", copy_us, copy_gbs);
+
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+    InputOp op;
+  };
+  const Shape shapes[] = {
+      {"1B qkv (norm)", 3072, 2048, InputOp::RmsNorm}, {"1B o", 2048, 2048, InputOp::None},
+      {"1B gate_up (norm)", 16384, 2048, InputOp::RmsNorm}, {"1B down (silu)", 2048, 8192, InputOp::SiluMul},
+      {"1B lm_head", 8192, 2048, InputOp::RmsNorm}, {"8B qkv", 6144, 4096, InputOp::RmsNorm},
+      {"8B gate_up", 28672, 4096, InputOp::RmsNorm}, {"8B down", 4096, 14336, InputOp::SiluMul},
+  };
+  for (DType dt : {DType::BF16, DType::F16}) {
+    for (const Shape& s : shapes) {
+        const size_t wbytes = size_t(s.n * s.k) * 2;
+        const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
+        std::vector<void*> ws;
+        ws.push_back(random_device_bytes(wbytes, dt, rng));
+        for (int i = 1; i < copies; ++i) {
+          void* d = nullptr;
+          ANYBIT_CUDA_CHECK(cudaMalloc(&d, wbytes));
+          ANYBIT_CUDA_CHECK(cudaMemcpy(d, ws[0], wbytes, cudaMemcpyDeviceToDevice));
+          ws.push_back(d);
+        }
+        for (int64_t m : {1, 4}) {
+        const int64_t ldx = s.op == InputOp::SiluMul ? 2 * s.k : s.k;
+        float *x = nullptr, *y = nullptr, *nw = nullptr;
+        x = static_cast<float*>(random_device_bytes(size_t(m * ldx) * 4, DType::F32, rng));
+        nw = static_cast<float*>(random_device_bytes(size_t(s.k) * 4, DType::F32, rng));
+        ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&y), size_t(m * s.n) * 4));
+        LinearArgs a;
+        a.x = x, a.m = m, a.ldx = ldx, a.op = s.op, a.norm_w = nw, a.y = y, a.ldy = s.n;
+        const double us = median_us(
+            [&](int i) {
+              gemv(a, DeviceWeight{dt, s.n, s.k, ws[size_t(i) % ws.size()]}, nullptr);
+            },
+            50);
+        const double gbs = double(wbytes) / us / 1e3;
+        std::printf("| gemv %s m=%lld | %s %lldx%lld | %.1f | %.0f | %.0f |\n", std::string(dtype_name(dt)).c_str(),
+                    (long long)m, s.name, (long long)s.n, (long long)s.k, us, gbs, 100.0 * gbs / copy_gbs);
+        cudaFree(x);
+        cudaFree(y);
+        cudaFree(nw);
+        }
+        for (void* p : ws) cudaFree(p);
+      }
+  }
+
+  // Decode attention, Llama-1B heads (32 q / 8 kv, head_dim 64), one layer of a cache.
+  for (int64_t ctx : {512, 4096, 16384}) {
+    const int64_t heads = 32, kvh = 8, hd = 64, bs = 16, blocks = ctx / bs;
+    KVLayout kv;
+    kv.n_layers = 1, kv.n_kv_heads = kvh, kv.head_dim = hd, kv.block_size = bs;
+    const size_t kv_bytes = size_t(blocks * kv.block_floats()) * 4;
+    kv.base = static_cast<float*>(random_device_bytes(kv_bytes, DType::F32, rng));
+    std::vector<int32_t> bt(static_cast<size_t>(blocks));
+    for (int64_t i = 0; i < blocks; ++i) bt[size_t(i)] = int32_t((i * 7) % blocks);  // scattered blocks
+    std::vector<int32_t> meta = {int32_t(ctx - 1), 0};
+    int32_t *dbt = nullptr, *dmeta = nullptr;
+    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dbt), bt.size() * 4));
+    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dmeta), meta.size() * 4));
+    ANYBIT_CUDA_CHECK(cudaMemcpy(dbt, bt.data(), bt.size() * 4, cudaMemcpyHostToDevice));
+    ANYBIT_CUDA_CHECK(cudaMemcpy(dmeta, meta.data(), meta.size() * 4, cudaMemcpyHostToDevice));
+    AttentionArgs a;
+    a.q = static_cast<float*>(random_device_bytes(size_t(heads * hd) * 4, DType::F32, rng));
+    a.ldq = heads * hd;
+    float* out = nullptr;
+    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&out), size_t(heads * hd) * 4));
+    a.out = out, a.ldo = heads * hd, a.kv = kv, a.layer = 0, a.n_heads = heads, a.scale = 0.125f;
+    a.n_tok = 1, a.n_seq = 1, a.tok_pos = dmeta, a.tok_seq = dmeta + 1, a.block_tables = dbt, a.max_blocks = blocks;
+    decode_splits(ctx, a.n_splits, a.split_len);
+    float* part = nullptr;
+    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&part), size_t(heads * a.n_splits * (hd + 2)) * 4));
+    a.partial = part;
+    const double us = median_us([&](int) { attention_decode(a, nullptr); }, 50);
+    const double gbs = double(kv_bytes) / us / 1e3;
+    std::printf("| attention decode | ctx %lld, 32/8 heads, hd 64, %lld splits | %.1f | %.0f | %.0f |\n", (long long)ctx,
+                (long long)a.n_splits, us, gbs, 100.0 * gbs / copy_gbs);
+    cudaFree(kv.base);
+    cudaFree(dbt);
+    cudaFree(dmeta);
+    cudaFree(const_cast<float*>(a.q));
+    cudaFree(out);
+    cudaFree(part);
+  }
+  ANYBIT_CUDA_CHECK(cudaDeviceSynchronize());
+  return 0;
+}

@@ -1,0 +1,272 @@
+// Causal attention over the device paged KV cache.
+//
+// Decode (FlashDecoding): the context of each query row is cut into n_splits ranges, one
+// block per (range, kv head, row). A block serves every query head of its kv head (GQA),
+// so each K/V row is read once per group rather than once per query head. Warps take
+// keys round-robin with a private online softmax; the block merges its warps, and a
+// second kernel merges the ranges (skipped when there is one range).
+//
+// Prefill (FlashAttention-2 style, SIMT): one block per (16 queries, head, sequence);
+// K/V tiles of 32 positions go through shared memory, 8 threads own a query row, and the
+// softmax is online so scores never leave the block.
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "kernels/cuda_common.cuh"
+
+namespace anybit::cuda {
+namespace {
+
+using namespace detail;
+
+constexpr int kGMax = 8;  // query heads per kv head handled by one decode block
+constexpr int kDecodeWarps = 4;
+
+__device__ __forceinline__ const float* k_row(const AttentionArgs& a, const int32_t* btab, int64_t p, int64_t kvh) {
+  const int64_t bs = a.kv.block_size, hd = a.kv.head_dim;
+  const int64_t blk = btab[p / bs];
+  return a.kv.base + blk * a.kv.block_floats() + ((a.layer * 2) * a.kv.n_kv_heads + kvh) * bs * hd + (p % bs) * hd;
+}
+
+template <int HDI>
+__global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const AttentionArgs a) {
+  const int sp = blockIdx.x;
+  const int64_t kvh = blockIdx.y, t = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t hd = a.kv.head_dim, nkv = a.kv.n_kv_heads;
+  const int G = int(a.n_heads / nkv);
+  const int64_t n_ctx = int64_t(a.tok_pos[t]) + 1;
+  const int64_t start = a.window > 0 ? max(int64_t(0), n_ctx - a.window) : 0;
+  const int64_t lo = max(start, int64_t(sp) * a.split_len), hi = min(n_ctx, int64_t(sp + 1) * a.split_len);
+  const int32_t* btab = a.block_tables + int64_t(a.tok_seq[t]) * a.max_blocks;
+  const int64_t v_off = nkv * a.kv.block_size * hd;
+
+  float q[kGMax][HDI], acc[kGMax][HDI], m[kGMax], l[kGMax];
+#pragma unroll
+  for (int g = 0; g < kGMax; ++g) {
+    m[g] = -INFINITY, l[g] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < HDI; ++i) {
+      const int64_t d = lane + 32 * i;
+      acc[g][i] = 0.0f;
+      q[g][i] = (g < G && d < hd) ? a.q[t * a.ldq + (kvh * G + g) * hd + d] : 0.0f;
+    }
+  }
+  for (int64_t j = lo + warp; j < hi; j += kDecodeWarps) {
+    const float* kr = k_row(a, btab, j, kvh);
+    float kk[HDI], vv[HDI];
+#pragma unroll
+    for (int i = 0; i < HDI; ++i) {
+      const int64_t d = lane + 32 * i;
+      kk[i] = d < hd ? kr[d] : 0.0f;
+      vv[i] = d < hd ? kr[v_off + d] : 0.0f;
+    }
+#pragma unroll
+    for (int g = 0; g < kGMax; ++g) {
+      if (g >= G) break;
+      float s = 0.0f;
+#pragma unroll
+      for (int i = 0; i < HDI; ++i) s = fmaf(q[g][i], kk[i], s);
+      s = warp_sum(s) * a.scale;
+      if (s > m[g]) {
+        const float r = expf(m[g] - s);
+        l[g] *= r;
+#pragma unroll
+        for (int i = 0; i < HDI; ++i) acc[g][i] *= r;
+        m[g] = s;
+      }
+      const float p = expf(s - m[g]);
+      l[g] += p;
+#pragma unroll
+      for (int i = 0; i < HDI; ++i) acc[g][i] = fmaf(p, vv[i], acc[g][i]);
+    }
+  }
+
+  __shared__ float s_m[kDecodeWarps][kGMax], s_l[kDecodeWarps][kGMax];
+  __shared__ float s_acc[kDecodeWarps][kGMax][32 * HDI];
+#pragma unroll
+  for (int g = 0; g < kGMax; ++g) {
+    if (lane == 0) s_m[warp][g] = m[g], s_l[warp][g] = l[g];
+#pragma unroll
+    for (int i = 0; i < HDI; ++i) s_acc[warp][g][lane + 32 * i] = acc[g][i];
+  }
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < int64_t(G) * hd; e += blockDim.x) {
+    const int g = int(e / hd);
+    const int64_t d = e % hd, h = kvh * G + g;
+    float M = -INFINITY;
+    for (int w = 0; w < kDecodeWarps; ++w) M = fmaxf(M, s_m[w][g]);
+    float L = 0.0f, A = 0.0f;
+    if (M != -INFINITY)
+      for (int w = 0; w < kDecodeWarps; ++w) {
+        if (s_m[w][g] == -INFINITY) continue;
+        const float f = expf(s_m[w][g] - M);
+        L += s_l[w][g] * f;
+        A += s_acc[w][g][d] * f;
+      }
+    if (a.n_splits == 1) {
+      a.out[t * a.ldo + h * hd + d] = A / L;
+    } else {
+      float* P = a.partial + ((t * a.n_heads + h) * a.n_splits + sp) * (hd + 2);
+      P[2 + d] = A;
+      if (d == 0) P[0] = M, P[1] = L;
+    }
+  }
+}
+
+__global__ void attn_combine_kernel(const AttentionArgs a) {
+  const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, hd = a.kv.head_dim;
+  const float* P = a.partial + int64_t(blockIdx.x) * a.n_splits * (hd + 2);
+  float M = -INFINITY;
+  for (int64_t s = 0; s < a.n_splits; ++s) M = fmaxf(M, P[s * (hd + 2)]);
+  float L = 0.0f;
+  for (int64_t s = 0; s < a.n_splits; ++s)
+    if (P[s * (hd + 2)] != -INFINITY) L += P[s * (hd + 2) + 1] * expf(P[s * (hd + 2)] - M);
+  for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+    float A = 0.0f;
+    for (int64_t s = 0; s < a.n_splits; ++s)
+      if (P[s * (hd + 2)] != -INFINITY) A += P[s * (hd + 2) + 2 + d] * expf(P[s * (hd + 2)] - M);
+    a.out[t * a.ldo + h * hd + d] = A / L;
+  }
+}
+
+constexpr int BQ = 16, BKV = 32, kPrefillThreads = 128;
+
+template <int HDP>
+__global__ void __launch_bounds__(kPrefillThreads) attn_prefill_kernel(const AttentionArgs a) {
+  __shared__ float Qs[BQ][HDP + 1], Ks[BKV][HDP + 1], Vs[BKV][HDP], Ps[BQ][BKV + 1];
+  const int64_t seq = blockIdx.z, h = blockIdx.y;
+  const int64_t nq = a.seq_nq[seq];
+  if (int64_t(blockIdx.x) * BQ >= nq) return;
+  const int64_t q0 = a.seq_qstart[seq] + int64_t(blockIdx.x) * BQ;
+  const int nrows = int(min(int64_t(BQ), nq - int64_t(blockIdx.x) * BQ));
+  const int64_t hd = a.kv.head_dim, nkv = a.kv.n_kv_heads, kvh = h / (a.n_heads / nkv);
+  const int32_t* btab = a.block_tables + seq * a.max_blocks;
+  const int64_t v_off = nkv * a.kv.block_size * hd;
+  const int tid = threadIdx.x, r = tid / 8, sub = tid % 8;
+
+  const int64_t first = a.tok_pos[q0], last = a.tok_pos[q0 + nrows - 1];
+  const int64_t kstart = a.window > 0 ? max(int64_t(0), first + 1 - a.window) : 0;
+  const int64_t kend = last + 1;
+  for (int e = tid; e < BQ * HDP; e += kPrefillThreads) {
+    const int qr = e / HDP, d = e % HDP;
+    Qs[qr][d] = (qr < nrows && d < hd) ? a.q[(q0 + qr) * a.ldq + h * hd + d] : 0.0f;
+  }
+  const int64_t qpos = r < nrows ? int64_t(a.tok_pos[q0 + r]) : -1;
+  const int64_t qlo = a.window > 0 ? qpos + 1 - a.window : 0;
+
+  constexpr int DI = HDP / 8;
+  float acc[DI];
+#pragma unroll
+  for (int k = 0; k < DI; ++k) acc[k] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t kt0 = kstart - kstart % BKV; kt0 < kend; kt0 += BKV) {
+    __syncthreads();  // the previous tile is no longer read
+    for (int e = tid; e < BKV * HDP; e += kPrefillThreads) {
+      const int j = e / HDP, d = e % HDP;
+      const int64_t p = kt0 + j;
+      float kv = 0.0f, vv = 0.0f;
+      if (p < kend && d < hd) {
+        const float* kr = k_row(a, btab, p, kvh);
+        kv = kr[d];
+        vv = kr[v_off + d];
+      }
+      Ks[j][d] = kv;
+      Vs[j][d] = vv;
+    }
+    __syncthreads();
+    float s[4];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int c = sub + 8 * i;
+      const int64_t kp = kt0 + c;
+      const bool valid = qpos >= 0 && kp <= qpos && kp >= qlo;
+      float d0 = 0.0f;
+#pragma unroll 8
+      for (int d = 0; d < HDP; ++d) d0 = fmaf(Qs[r][d], Ks[c][d], d0);
+      s[i] = valid ? d0 * a.scale : -INFINITY;
+      mx = fmaxf(mx, s[i]);
+    }
+#pragma unroll
+    for (int o = 4; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    const float m_new = fmaxf(m, mx);
+    float psum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float p = s[i] == -INFINITY ? 0.0f : expf(s[i] - m_new);
+      Ps[r][sub + 8 * i] = p;
+      psum += p;
+    }
+#pragma unroll
+    for (int o = 4; o > 0; o >>= 1) psum += __shfl_xor_sync(0xffffffffu, psum, o);
+    const float scale_old = m == -INFINITY ? 0.0f : expf(m - m_new);
+    l = l * scale_old + psum;
+    m = m_new;
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < DI; ++k) acc[k] *= scale_old;
+    for (int c = 0; c < BKV; ++c) {
+      const float p = Ps[r][c];
+#pragma unroll
+      for (int k = 0; k < DI; ++k) acc[k] = fmaf(p, Vs[c][sub + 8 * k], acc[k]);
+    }
+  }
+  if (r < nrows)
+#pragma unroll
+    for (int k = 0; k < DI; ++k) {
+      const int64_t d = sub + 8 * k;
+      if (d < hd) a.out[(q0 + r) * a.ldo + h * hd + d] = acc[k] / l;
+    }
+}
+
+void check_shape(const AttentionArgs& a, const char* what) {
+  const int64_t hd = a.kv.head_dim;
+  if (hd <= 0 || hd > kMaxHeadDim) fail("CUDA {}: head_dim {} is not supported (1..{})", what, hd, kMaxHeadDim);
+  if (a.kv.n_kv_heads <= 0 || a.n_heads % a.kv.n_kv_heads != 0)
+    fail("CUDA {}: {} heads do not group over {} kv heads", what, a.n_heads, a.kv.n_kv_heads);
+}
+
+}  // namespace
+
+void decode_splits(int64_t max_ctx, int64_t& n_splits, int64_t& split_len) {
+  split_len = std::max<int64_t>(128, ((max_ctx + 31) / 32 + 15) / 16 * 16);
+  n_splits = std::max<int64_t>(1, (max_ctx + split_len - 1) / split_len);
+}
+
+void attention_decode(const AttentionArgs& a, cudaStream_t s) {
+  if (a.n_tok <= 0) return;
+  check_shape(a, "attention_decode");
+  if (a.n_heads / a.kv.n_kv_heads > kGMax)
+    fail("CUDA attention_decode: {} query heads per kv head (at most {})", a.n_heads / a.kv.n_kv_heads, kGMax);
+  if (a.n_splits > 1 && !a.partial) fail("CUDA attention_decode: {} splits need a workspace", a.n_splits);
+  const dim3 grid(unsigned(a.n_splits), unsigned(a.kv.n_kv_heads), unsigned(a.n_tok));
+  const unsigned th = kDecodeWarps * 32;
+  switch ((a.kv.head_dim + 31) / 32) {
+    case 1: attn_decode_kernel<1><<<grid, th, 0, s>>>(a); break;
+    case 2: attn_decode_kernel<2><<<grid, th, 0, s>>>(a); break;
+    case 3: attn_decode_kernel<3><<<grid, th, 0, s>>>(a); break;
+    default: attn_decode_kernel<4><<<grid, th, 0, s>>>(a); break;
+  }
+  check_launch("attention_decode");
+  if (a.n_splits > 1) {
+    attn_combine_kernel<<<unsigned(a.n_tok * a.n_heads), 128, 0, s>>>(a);
+    check_launch("attention_combine");
+  }
+}
+
+void attention_prefill(const AttentionArgs& a, cudaStream_t s) {
+  if (a.n_seq <= 0 || a.max_nq <= 0) return;
+  check_shape(a, "attention_prefill");
+  const dim3 grid(unsigned((a.max_nq + BQ - 1) / BQ), unsigned(a.n_heads), unsigned(a.n_seq));
+  switch ((a.kv.head_dim + 31) / 32) {
+    case 1: attn_prefill_kernel<32><<<grid, kPrefillThreads, 0, s>>>(a); break;
+    case 2: attn_prefill_kernel<64><<<grid, kPrefillThreads, 0, s>>>(a); break;
+    case 3: attn_prefill_kernel<96><<<grid, kPrefillThreads, 0, s>>>(a); break;
+    default: attn_prefill_kernel<128><<<grid, kPrefillThreads, 0, s>>>(a); break;
+  }
+  check_launch("attention_prefill");
+}
+
+}  // namespace anybit::cuda

@@ -1,0 +1,82 @@
+// Device helpers shared by the CUDA kernels: dtype widening and 16-byte vector loads.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda_kernels.h"
+
+namespace anybit::cuda::detail {
+
+__device__ __forceinline__ float bf16_bits(uint32_t h) { return __uint_as_float(h << 16); }
+__device__ __forceinline__ float f16_bits(uint32_t h) { return __half2float(__ushort_as_half((unsigned short)h)); }
+
+// Per weight dtype: elements per 16-byte vector and how to widen them.
+template <DType D>
+struct Elt;
+template <>
+struct Elt<DType::F32> {
+  static constexpr int kVec = 4;
+  static constexpr int kBytes = 4;
+  __device__ static float at(const void* p, int64_t i) { return static_cast<const float*>(p)[i]; }
+  __device__ static void widen(const uint4& r, float* o) {
+    o[0] = __uint_as_float(r.x), o[1] = __uint_as_float(r.y), o[2] = __uint_as_float(r.z), o[3] = __uint_as_float(r.w);
+  }
+};
+template <>
+struct Elt<DType::BF16> {
+  static constexpr int kVec = 8;
+  static constexpr int kBytes = 2;
+  __device__ static float at(const void* p, int64_t i) { return bf16_bits(static_cast<const uint16_t*>(p)[i]); }
+  __device__ static void widen(const uint4& r, float* o) {
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      o[2 * i] = __uint_as_float(w[i] << 16);
+      o[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+};
+template <>
+struct Elt<DType::F16> {
+  static constexpr int kVec = 8;
+  static constexpr int kBytes = 2;
+  __device__ static float at(const void* p, int64_t i) { return f16_bits(static_cast<const uint16_t*>(p)[i]); }
+  __device__ static void widen(const uint4& r, float* o) {
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      o[2 * i] = f.x;
+      o[2 * i + 1] = f.y;
+    }
+  }
+};
+
+// Weights are read once per step and do not fit in L2: keep them out of L1.
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
+
+inline unsigned blocks_for(int64_t n, int64_t per) { return unsigned((n + per - 1) / per); }
+
+}  // namespace anybit::cuda::detail

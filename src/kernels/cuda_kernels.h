@@ -1,0 +1,136 @@
+// Host-side entry points of the CUDA kernels (src/kernels/*_cuda.cu). Everything is
+// enqueued on the given stream and never synchronises, so a whole decode step can be
+// captured into one CUDA graph. Activations are fp32 row-major on the device; weights
+// stay in their stored dtype (f32, f16, bf16) with PyTorch Linear layout [N][K].
+//
+// The paged KV cache on the device mirrors model/kv_cache.h exactly (fp32,
+// [block][layer][K|V][kv_head][slot][head_dim]), so a host cache's bytes can be copied
+// over for tests and the same block ids mean the same thing on both sides.
+#pragma once
+#ifdef ANYBIT_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+#ifdef __CUDACC__
+#define ANYBIT_HOST_DEVICE __host__ __device__
+#else
+#define ANYBIT_HOST_DEVICE
+#endif
+
+namespace anybit::cuda {
+
+// Throws anybit::Error naming `what` and CUDA's message when `e` is an error.
+void check(cudaError_t e, const char* what);
+#define ANYBIT_CUDA_CHECK(call) ::anybit::cuda::check((call), #call)
+// Checks the launch that was just enqueued (configuration errors show up here).
+void check_launch(const char* kernel);
+
+int device_count();  // 0 when the driver or device is missing
+
+struct DeviceWeight {
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;  // N outputs, K inputs
+  const void* data = nullptr;  // device, rows * dtype_row_bytes(dtype, cols)
+};
+
+// Transform applied to each input row on the fly inside the GEMV (decode) path; the
+// GEMM path only takes InputOp::None (run rmsnorm / silu_mul first).
+enum class InputOp : int {
+  None = 0,
+  RmsNorm = 1,  // x / rms(x) * norm_w  (norm_w has K entries)
+  SiluMul = 2,  // row is [gate K | up K]: silu(gate) * up
+};
+
+struct LinearArgs {
+  const float* x = nullptr;
+  int64_t m = 0;
+  int64_t ldx = 0;  // elements between input rows
+  InputOp op = InputOp::None;
+  const float* norm_w = nullptr;
+  float eps = 1e-5f;
+  const float* bias = nullptr;  // [N] or null
+  bool accumulate = false;      // y += x·W^T (+bias) instead of y =
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+
+// Largest m the fused GEMV path takes; above it linear() runs the tiled GEMM.
+constexpr int64_t kGemvMaxRows = 4;
+
+// y = op(x) · W^T (+ bias) (+ y). GEMV for m <= kGemvMaxRows when K suits 16-byte loads,
+// tiled GEMM otherwise (op must then be None).
+void linear(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s);
+// The paths directly (tests and benchmarks pick one).
+void gemv(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s);
+void gemm(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s);
+bool gemv_supported(const LinearArgs& a, const DeviceWeight& w);
+
+void rmsnorm(const float* x, int64_t ldx, const float* w, int64_t m, int64_t n, float eps, float* out,
+             int64_t ldo, cudaStream_t s);
+// out[m][n] = silu(gu[i][c]) * gu[i][n + c]  (gu rows are [gate n | up n])
+void silu_mul(const float* gu, int64_t m, int64_t n, float* out, cudaStream_t s);
+// x[t] = table[tokens[t]] widened to fp32.
+void embed(const int32_t* tokens, int64_t n_tok, const DeviceWeight& table, float* x, cudaStream_t s);
+// out[r] = x[rows[r]] (n floats each).
+void gather_rows(const float* x, const int32_t* rows, int64_t n_rows, int64_t n, float* out, cudaStream_t s);
+// out[r] = argmax of x[r] (first index of the maximum, NaN never wins).
+void argmax_rows(const float* x, int64_t n_rows, int64_t n, int32_t* out, cudaStream_t s);
+
+struct KVLayout {
+  float* base = nullptr;
+  int64_t n_layers = 0, n_kv_heads = 0, head_dim = 0, block_size = 0;
+  ANYBIT_HOST_DEVICE int64_t block_floats() const { return n_layers * 2 * n_kv_heads * block_size * head_dim; }
+};
+
+// Rotates q and k of each token in the fused qkv rows ([q | k | v], ld floats apart) and
+// writes k and v into the cache at slot[t] = block * block_size + offset.
+struct RopeKVArgs {
+  float* qkv = nullptr;
+  int64_t ld = 0;
+  int64_t n_tok = 0, n_heads = 0;
+  const int32_t* pos = nullptr;   // [n_tok]
+  const int32_t* slot = nullptr;  // [n_tok]
+  const float* inv_freq = nullptr;  // [head_dim / 2]
+  KVLayout kv;
+  int64_t layer = 0;
+};
+void rope_kv_write(const RopeKVArgs& a, cudaStream_t s);
+
+struct AttentionArgs {
+  const float* q = nullptr;  // rows of n_heads * head_dim, ldq floats apart
+  int64_t ldq = 0;
+  float* out = nullptr;      // rows of n_heads * head_dim, ldo floats apart
+  int64_t ldo = 0;
+  KVLayout kv;
+  int64_t layer = 0, n_heads = 0;
+  float scale = 1.0f;
+  int64_t window = 0;  // sliding window (0 = unlimited)
+  int64_t n_tok = 0, n_seq = 0;
+  const int32_t* tok_pos = nullptr;       // [n_tok] position of each query
+  const int32_t* tok_seq = nullptr;       // [n_tok] its sequence
+  const int32_t* block_tables = nullptr;  // [n_seq][max_blocks]
+  int64_t max_blocks = 0;
+  // prefill: each sequence's queries are rows seq_qstart[s] .. + seq_nq[s]
+  const int32_t* seq_qstart = nullptr;
+  const int32_t* seq_nq = nullptr;
+  int64_t max_nq = 0;
+  // decode (split-KV): workspace of n_tok * n_heads * n_splits * (head_dim + 2) floats
+  float* partial = nullptr;
+  int64_t n_splits = 1, split_len = 0;
+};
+// One query per row, any number of rows; the context of row t is [0, tok_pos[t]].
+// Each (row, kv head, split) is one block covering all the query heads of that kv head.
+void attention_decode(const AttentionArgs& a, cudaStream_t s);
+// Tiles of queries per sequence and head, K/V tiles in shared memory, online softmax.
+void attention_prefill(const AttentionArgs& a, cudaStream_t s);
+// Split count and length for a per-sequence capacity of `max_ctx` positions.
+void decode_splits(int64_t max_ctx, int64_t& n_splits, int64_t& split_len);
+
+constexpr int64_t kMaxHeadDim = 128;
+
+}  // namespace anybit::cuda
+
+#endif  // ANYBIT_WITH_CUDA

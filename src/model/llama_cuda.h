@@ -1,0 +1,115 @@
+// The Llama-family transformer on one CUDA GPU, with LlamaModel's forward() contract.
+//
+// Weights are copied to the device once, in their stored dtype (f32 / f16 / bf16), with
+// q|k|v and gate|up concatenated so each is one matrix. Activations and accumulation are
+// fp32 like the CPU model, so both agree to rounding.
+//
+// The host KVCache passed to forward() keeps the block bookkeeping (reserve / release /
+// block tables, prefix sharing); the key/value data lives in a device mirror of its
+// storage owned here, so a KVCache must be used with one backend only. Each forward
+// uploads a small metadata block (tokens, positions, slots, block tables), runs every
+// kernel on one stream and copies the wanted logits back: one synchronisation per call.
+// Decode calls (every entry one token, last logits only) are captured once per batch
+// size into a CUDA graph and replayed.
+#pragma once
+#ifdef ANYBIT_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/cuda_kernels.h"
+#include "runtime/device.h"
+
+namespace anybit {
+
+class LlamaCudaModel final : public ModelBackend {
+ public:
+  // Checks every tensor like LlamaModel and uploads it; throws anybit::Error naming
+  // `weights.origin()` for a missing tensor, a bad shape or an unsupported dtype.
+  LlamaCudaModel(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights);
+  ~LlamaCudaModel() override;
+  LlamaCudaModel(const LlamaCudaModel&) = delete;
+  LlamaCudaModel& operator=(const LlamaCudaModel&) = delete;
+
+  const ModelConfig& config() const override { return cfg_; }
+  void forward(const std::vector<BatchEntry>& batch, KVCache& kv, ForwardOutput& out) override;
+  size_t weight_bytes() const override { return weight_bytes_; }
+  std::string name() const override;
+
+  // Greedy ids of the previous forward's logits rows, reduced on the device.
+  std::vector<int32_t> argmax_last();
+  // Graph replay for decode calls (default on; ANYBIT_CUDA_GRAPHS=0 turns it off).
+  void set_graphs(bool on) { graphs_on_ = on; }
+  int64_t graph_replays() const { return graph_replays_; }
+  // Copies the device KV storage back (tests compare it with the CPU model's cache).
+  std::vector<float> download_kv() const;
+
+ private:
+  struct Layer {
+    cuda::DeviceWeight qkv, o, gate_up, down;
+    const float* attn_norm = nullptr;
+    const float* mlp_norm = nullptr;
+    const float* qkv_bias = nullptr;
+    const float* o_bias = nullptr;
+    const float* gu_bias = nullptr;
+    const float* down_bias = nullptr;
+  };
+  // Offsets (in int32s) of the metadata arrays for a call of T tokens, S entries, R rows.
+  struct Meta {
+    int64_t T = 0, S = 0, R = 0, MB = 0;
+    int64_t tokens = 0, pos = 0, slot = 0, tok_seq = 0, qstart = 0, nq = 0, out_src = 0, btab = 0, total = 0;
+    int64_t max_nq = 0;
+    bool identity_rows = false;  // logits rows are exactly the token rows
+  };
+
+  void* upload(const void* host, size_t bytes);
+  void ensure_kv(const KVCache& kv);
+  void ensure_scratch(int64_t T, int64_t R);
+  Meta layout(int64_t T, int64_t S, int64_t R) const;
+  void enqueue(const Meta& m);
+  void clear_graphs();
+
+  ModelConfig cfg_;
+  std::shared_ptr<const TensorStore> weights_;
+  std::vector<void*> allocs_;
+  size_t weight_bytes_ = 0;
+  cudaStream_t stream_ = nullptr;
+  std::string device_name_;
+
+  cuda::DeviceWeight embed_, lm_head_;
+  const float* final_norm_ = nullptr;
+  const float* inv_freq_ = nullptr;
+  std::vector<Layer> layers_;
+  bool gemv_ok_ = true;  // every K suits the fused GEMV path
+
+  // KV mirror
+  const KVCache* kv_host_ = nullptr;
+  int64_t kv_blocks_ = 0;
+  float* kv_dev_ = nullptr;
+  cuda::KVLayout kv_layout_;
+  int64_t max_blocks_ = 0, n_splits_ = 1, split_len_ = 0;
+
+  // scratch (device) sized for T_cap tokens / R_cap logits rows
+  int64_t T_cap_ = 0, R_cap_ = 0;
+  float* scratch_ = nullptr;
+  float *x_ = nullptr, *xn_ = nullptr, *qkv_ = nullptr, *att_ = nullptr, *gu_ = nullptr, *act_ = nullptr,
+        *lm_in_ = nullptr, *logits_ = nullptr, *partial_ = nullptr;
+  float* logits_host_ = nullptr;  // pinned
+  int32_t* meta_dev_ = nullptr;
+  int32_t* meta_host_ = nullptr;  // pinned
+  int64_t meta_cap_ = 0;
+  int32_t* argmax_dev_ = nullptr;
+  int64_t last_rows_ = 0;
+
+  bool graphs_on_ = true;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, cudaGraphExec_t> graphs_;
+  int64_t graph_replays_ = 0;
+};
+
+}  // namespace anybit
+
+#endif  // ANYBIT_WITH_CUDA

@@ -1,0 +1,38 @@
+// Backend selection (--device cpu|cuda) and the one interface both model backends share,
+// so generation, perplexity and benchmarks run unchanged on either.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/llama.h"
+
+namespace anybit {
+
+// What the runtime calls: LlamaModel's forward() shape.
+class ModelBackend {
+ public:
+  virtual ~ModelBackend() = default;
+  virtual const ModelConfig& config() const = 0;
+  // Same contract as LlamaModel::forward: reserves the KV blocks it needs (throwing and
+  // changing nothing when the cache is full), fills `out`, advances each seq.
+  virtual void forward(const std::vector<BatchEntry>& batch, KVCache& kv, ForwardOutput& out) = 0;
+  virtual size_t weight_bytes() const = 0;
+  virtual std::string name() const = 0;  // "cpu (avx512)", "cuda (NVIDIA H100 ...)"
+};
+
+enum class Device { Cpu, Cuda };
+
+// True when this binary was built with CUDA and a CUDA device is visible.
+bool cuda_available();
+// "cpu", "cuda" or "auto" (cuda when available, else cpu; ANYBIT_DEVICE overrides auto).
+// Throws anybit::Error for an unknown name or cuda without a device.
+Device resolve_device(const std::string& name);
+std::string device_name(Device d);
+
+// The CPU backend wraps a LlamaModel it does not own.
+std::unique_ptr<ModelBackend> make_cpu_backend(LlamaModel& model);
+// The GPU backend (model/llama_cuda.h); throws when built without CUDA.
+std::unique_ptr<ModelBackend> make_cuda_backend(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights);
+
+}  // namespace anybit
