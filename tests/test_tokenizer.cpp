@@ -402,6 +402,13 @@ TEST(GgufVocab, SentencePieceMergesByScore) {
   EXPECT_EQ(t.token_bytes(3 + 0x41), "A");
   EXPECT_EQ(t.token_bytes(id(sp + "hello")), " hello");
 
+  // add_space_prefix = false: no ▁ before the first word, and none stripped on decode.
+  GgufVocab nv = spm_vocab(true);
+  nv.add_space_prefix = false;
+  const Tokenizer t3 = Tokenizer::from_gguf_vocab(nv, "spm3.gguf");
+  EXPECT_EQ(t3.encode("he world", false), (std::vector<int32_t>{id("he"), id(sp + "wor"), id("ld")}));
+  EXPECT_EQ(t3.decode(t3.encode(" he", false)), " he");
+
   // Without byte tokens an unknown character maps to <unk>.
   const Tokenizer t2 = Tokenizer::from_gguf_vocab(spm_vocab(false), "spm2.gguf");
   EXPECT_EQ(t2.encode("h\xC3\xA9", false), (std::vector<int32_t>{t2.token_to_id(sp + "h"), 0}));

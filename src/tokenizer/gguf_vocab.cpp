@@ -100,7 +100,8 @@ Tokenizer Tokenizer::from_gguf_vocab(const GgufVocab& v, const std::string& orig
     t.spm.build(t.token_to_id, v.scores, unk);
     t.decode_replace.emplace_back(kMetaspace, " ");
     t.decode_byte_fallback = true;
-    t.strip_leading_spaces = 1;
+    t.spm_add_space_prefix = v.add_space_prefix;
+    t.strip_leading_spaces = v.add_space_prefix ? 1 : 0;
   } else {
     fail("{}: unsupported tokenizer model '{}' (expected gpt2 or llama)", origin, v.model);
   }

@@ -23,6 +23,7 @@ struct GgufVocab {
   int32_t pad_id = -1;
   bool add_bos = true;
   bool add_eos = false;
+  bool add_space_prefix = true;  // tokenizer.ggml.add_space_prefix ("llama" model only)
 };
 
 class TokenizerImpl;
