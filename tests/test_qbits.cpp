@@ -30,6 +30,7 @@ struct Int8Kernel {
 std::vector<Int8Kernel> int8_kernels() {
   std::vector<Int8Kernel> v;
   if (kernels_for(Isa::Avx512)) v.push_back({"avx512", avx512::qbits_int8_matmul, avx512::qbits_quantize_acts});
+  if (kernels_for(Isa::Avx2)) v.push_back({"avx2", avx2::qbits_int8_matmul, avx2::qbits_quantize_acts});
   return v;
 }
 

@@ -3,6 +3,7 @@
 // (qbits_select.cpp), which picks a kernel family per (weight, m) from the measured table.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "kernels/dispatch.h"
 #include "quant/quantized_weight.h"
@@ -30,6 +31,27 @@ ANYBIT_DECLARE_QBITS_KERNELS(avx512)
 #undef ANYBIT_DECLARE_QBITS_KERNELS
 
 namespace anybit::qbits {
+
+enum class Family { Int8, Lut };
+
+struct Kernel {
+  const char* name;  // "avx512-vnni", "avx512-lut", "avx2-int8", "avx2-lut"
+  Isa isa;
+  Family family;
+  int min_bits, max_bits;
+  void (*run)(const QuantizedWeight& w, const float* x, int64_t m, float* y);
+  bool supports(int bits) const { return bits >= min_bits && bits <= max_bits; }
+};
+
+// Every compiled kernel this CPU can run.
+const std::vector<Kernel>& available_kernels();
+
+// The kernel that `isa`'s dispatch entry runs for (w, m): among that ISA's kernels for
+// w.bits, the fastest for m's batch class in a timing measured once per (isa, bits,
+// batch class) on a small cache-resident problem (ANYBIT_QBITS_KERNEL=int8|lut forces a
+// family where it applies).
+const Kernel& choose(const QuantizedWeight& w, int64_t m, Isa isa);
+
 // Scalar reference with the kernels' exact arithmetic (int8 activations, integer group
 // dots): the ground truth for the SIMD kernels' tests. The fp32-activation reference of
 // the format itself is in matmul_qbits_scalar.cpp.

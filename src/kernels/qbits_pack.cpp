@@ -51,6 +51,21 @@ bool exact_f16(const std::vector<float>& v) {
   return true;
 }
 
+}  // namespace
+
+void unpack_row_codes(const QuantizedWeight& w, int64_t r, uint32_t* out) {
+  // 8 consecutive codes occupy exactly `bits` whole bytes (cols is a multiple of 32).
+  const uint8_t* row = w.codes.data() + size_t(r) * w.row_code_bytes();
+  const uint64_t mask = (uint64_t(1) << w.bits) - 1;
+  for (int64_t c = 0; c < w.cols; c += 8, row += w.bits) {
+    uint64_t v = 0;
+    std::memcpy(&v, row, size_t(w.bits));
+    for (int j = 0; j < 8; ++j) out[c + j] = uint32_t((v >> (j * w.bits)) & mask);
+  }
+}
+
+namespace {
+
 std::mutex& pack_mutex() {
   static std::mutex m;
   return m;
@@ -111,41 +126,47 @@ std::unique_ptr<VnniPack> build_int8_pack(const QuantizedWeight& w) {
   const int sh2 = p4 ? 4 : 0, sh1 = sh2 + (p2 ? 2 : 0);
   const size_t off2 = p4 ? 4 * 64 : 0, off1 = off2 + (p2 ? 2 * 64 : 0);
   const int64_t units = w.cols / 32;
-  std::vector<uint32_t> row_codes(size_t(w.cols));
-  for (int64_t r = 0; r < w.rows; ++r) {
-    for (int64_t c = 0; c < w.cols; ++c) row_codes[size_t(c)] = w.code(r, c);
-    const int64_t rb = r / 16;
-    const int rr = int(r % 16);
-    uint8_t* blk = p->data.data() + size_t(rb) * p->rb_stride;
-    for (int64_t u = 0; u < units; ++u) {
-      uint8_t* ub = blk + size_t(u) * p->unit_bytes;
-      for (int ch = 0; ch < 8; ++ch)
-        for (int t = 0; t < 4; ++t) {
-          const uint32_t code = row_codes[size_t(u * 32 + ch * 4 + t)];
-          const int byte = rr * 4 + t;
-          if (bits == 8) {
-            ub[ch * 64 + byte] = uint8_t(code);
-            continue;
+  VnniPack& P = *p;
+#pragma omp parallel
+  {
+    std::vector<uint32_t> row_codes(static_cast<size_t>(w.cols));
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t rb = 0; rb < P.nrb; ++rb) {
+      uint8_t* blk = P.data.data() + size_t(rb) * P.rb_stride;
+      for (int rr = 0; rr < 16 && rb * 16 + rr < w.rows; ++rr) {
+        const int64_t r = rb * 16 + rr;
+        unpack_row_codes(w, r, row_codes.data());
+        for (int64_t u = 0; u < units; ++u) {
+          uint8_t* ub = blk + size_t(u) * P.unit_bytes;
+          for (int ch = 0; ch < 8; ++ch)
+            for (int t = 0; t < 4; ++t) {
+              const uint32_t code = row_codes[size_t(u * 32 + ch * 4 + t)];
+              const int byte = rr * 4 + t;
+              if (bits == 8) {
+                ub[ch * 64 + byte] = uint8_t(code);
+                continue;
+              }
+              if (p4) ub[(ch / 2) * 64 + byte] |= uint8_t((code & 15) << (4 * (ch % 2)));
+              if (p2) ub[off2 + (ch / 4) * 64 + byte] |= uint8_t(((code >> sh2) & 3) << (2 * (ch % 4)));
+              if (p1) ub[off1 + byte] |= uint8_t(((code >> sh1) & 1) << ch);
+            }
+        }
+        const size_t vb = P.f32_meta ? 4 : 2;
+        auto put = [&](uint8_t* dst, float v) {
+          if (P.f32_meta) {
+            std::memcpy(dst, &v, 4);
+          } else {
+            const uint16_t h = f32_to_f16(v);
+            std::memcpy(dst, &h, 2);
           }
-          if (p4) ub[(ch / 2) * 64 + byte] |= uint8_t((code & 15) << (4 * (ch % 2)));
-          if (p2) ub[off2 + (ch / 4) * 64 + byte] |= uint8_t(((code >> sh2) & 3) << (2 * (ch % 4)));
-          if (p1) ub[off1 + byte] |= uint8_t(((code >> sh1) & 1) << ch);
+        };
+        for (int64_t g = 0; g < P.ngroups; ++g) {
+          uint8_t* m = const_cast<uint8_t*>(P.meta(rb, g));
+          const size_t gi = size_t(r * P.ngroups + g);
+          put(m + size_t(rr) * vb, w.scales[gi]);
+          if (w.asymmetric) put(m + 16 * vb + size_t(rr) * vb, w.zeros[gi]);
         }
-    }
-    for (int64_t g = 0; g < p->ngroups; ++g) {
-      uint8_t* m = const_cast<uint8_t*>(p->meta(rb, g));
-      const size_t gi = size_t(r * p->ngroups + g);
-      const size_t vb = p->f32_meta ? 4 : 2;
-      auto put = [&](uint8_t* dst, float v) {
-        if (p->f32_meta) {
-          std::memcpy(dst, &v, 4);
-        } else {
-          const uint16_t h = f32_to_f16(v);
-          std::memcpy(dst, &h, 2);
-        }
-      };
-      put(m + size_t(rr) * vb, w.scales[gi]);
-      if (w.asymmetric) put(m + 16 * vb + size_t(rr) * vb, w.zeros[gi]);
+      }
     }
   }
   return p;

@@ -89,6 +89,9 @@ PackSet& pack_set(const QuantizedWeight& w);
 const VnniPack& int8_pack(const QuantizedWeight& w);
 const LutPack& lut_pack(const QuantizedWeight& w);
 
+// All codes of row r (little-endian bit stream, quantized_weight.h) as integers.
+void unpack_row_codes(const QuantizedWeight& w, int64_t r, uint32_t* out);
+
 // Builds the int8 layout (scalar; exposed for tests).
 std::unique_ptr<VnniPack> build_int8_pack(const QuantizedWeight& w);
 
