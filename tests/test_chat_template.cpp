@@ -197,6 +197,10 @@ TEST(Jinja, ExpressionsFiltersAndTests) {
             "['a', 'b'] True Xy");
   EXPECT_EQ(eval("{{ 1 < n < 10 }} {{ 1 < n < 5 }} {{ msgs[0].get('nope', 'dflt') }}"), "True False dflt");
   EXPECT_EQ(eval("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}"), "a=1;b=2;");
+  // Details checked against Jinja2 3.1: a sign binds tighter than a filter, bool is
+  // a number, one trailing newline of the template is dropped, lists repeat.
+  EXPECT_EQ(eval("{{ -3 | abs }} {{ true is number }} {{ false is even }} {{ [1] * 2 }}\n"), "3 True True [1, 1]");
+  EXPECT_EQ(eval("{{ 0[:2] }}|{{ undefined_thing is iterable }}"), "|True");
 }
 
 TEST(Jinja, LoopsSetNamespaceMacros) {

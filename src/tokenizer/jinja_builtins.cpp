@@ -328,7 +328,7 @@ bool apply_test(const std::string& name, const Value& v, std::vector<Value>& arg
   if (name == "undefined") return v.is_undefined();
   if (name == "none") return v.is_none();
   if (name == "string") return v.is_string();
-  if (name == "number") return v.is_number();
+  if (name == "number") return v.is_number() || v.type == Value::kBool;  // Python: bool is an int
   if (name == "integer") return v.type == Value::kInt;
   if (name == "float") return v.type == Value::kFloat;
   if (name == "boolean") return v.type == Value::kBool;
@@ -336,11 +336,14 @@ bool apply_test(const std::string& name, const Value& v, std::vector<Value>& arg
   if (name == "false") return v.type == Value::kBool && !v.b;
   if (name == "mapping") return v.type == Value::kDict;
   if (name == "sequence") return v.type == Value::kList || v.type == Value::kString;
-  if (name == "iterable") return v.type == Value::kList || v.type == Value::kString || v.type == Value::kDict;
+  if (name == "iterable")  // Jinja's Undefined iterates as empty
+    return v.type == Value::kList || v.type == Value::kString || v.type == Value::kDict || v.is_undefined();
   if (name == "callable") return v.type == Value::kFunc;
-  if (name == "odd") return v.type == Value::kInt && (v.i % 2 != 0);
-  if (name == "even") return v.type == Value::kInt && (v.i % 2 == 0);
-  if (name == "divisibleby") return a0().type == Value::kInt && a0().i != 0 && v.type == Value::kInt && v.i % a0().i == 0;
+  const bool integral = v.type == Value::kInt || v.type == Value::kBool;
+  const int64_t iv = v.type == Value::kBool ? v.b : v.i;
+  if (name == "odd") return integral && (iv % 2 != 0);
+  if (name == "even") return integral && (iv % 2 == 0);
+  if (name == "divisibleby") return a0().type == Value::kInt && a0().i != 0 && integral && iv % a0().i == 0;
   if (name == "equalto" || name == "eq" || name == "sameas") return equals(v, a0());
   if (name == "ne") return !equals(v, a0());
   if (name == "lt" || name == "lessthan") return less(v, a0(), where);

@@ -278,6 +278,7 @@ class Interp {
     const auto [has_step, step_v] = bound(3);
     const int64_t step = has_step ? step_v : 1;
     if (step == 0) fail("{}: slice step cannot be zero", where(e.line));
+    if (obj.type != Value::kList && obj.type != Value::kString) return Value();  // Jinja: undefined
     const List items = iterate(obj, where(e.line));
     const int64_t n = static_cast<int64_t>(items.size());
     auto norm = [&](bool has, int64_t v, int64_t dflt) {
@@ -337,10 +338,23 @@ class Interp {
         return Value::make_list(std::move(items));
       }
     }
-    if (op == "*" && a.is_string() && b.type == Value::kInt) {
-      std::string s;
-      for (int64_t k = 0; k < b.i && s.size() < (1u << 24); ++k) s += a.s;
-      return Value(s);
+    if (op == "*") {  // sequence repetition, either order, bools counting as 0/1
+      auto is_count = [](const Value& v) { return v.type == Value::kInt || v.type == Value::kBool; };
+      auto is_seq = [](const Value& v) { return v.is_string() || v.type == Value::kList; };
+      if ((is_seq(a) && is_count(b)) || (is_count(a) && is_seq(b))) {
+        const Value& seq = is_seq(a) ? a : b;
+        const Value& cnt = is_seq(a) ? b : a;
+        const int64_t times = cnt.type == Value::kBool ? cnt.b : cnt.i;
+        if (seq.is_string()) {
+          std::string s;
+          for (int64_t k = 0; k < times && s.size() < (1u << 24); ++k) s += seq.s;
+          return Value(s);
+        }
+        List items;
+        for (int64_t k = 0; k < times && items.size() < (1u << 20); ++k)
+          items.insert(items.end(), seq.list->begin(), seq.list->end());
+        return Value::make_list(std::move(items));
+      }
     }
     const bool num_a = a.is_number() || a.type == Value::kBool, num_b = b.is_number() || b.type == Value::kBool;
     if (!num_a || !num_b) fail("{}: unsupported operands for '{}': {} and {}", w, op, repr(a), repr(b));

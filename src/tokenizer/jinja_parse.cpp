@@ -20,9 +20,15 @@ struct Piece {
 
 class Splitter {
  public:
-  Splitter(const std::string& src, const std::string& origin) : src_(src), origin_(origin) {}
+  Splitter(std::string src, const std::string& origin) : src_(std::move(src)), origin_(origin) {}
 
   std::vector<Piece> run() {
+    // Jinja's default keep_trailing_newline=False: one final newline is dropped.
+    if (src_.size() >= 2 && src_.compare(src_.size() - 2, 2, "\r\n") == 0) {
+      src_.resize(src_.size() - 2);
+    } else if (!src_.empty() && src_.back() == '\n') {
+      src_.pop_back();
+    }
     size_t pos = 0;
     while (pos < src_.size()) {
       const size_t open = find_open(pos);
@@ -173,7 +179,7 @@ class Splitter {
     }
   }
 
-  const std::string& src_;
+  std::string src_;
   const std::string& origin_;
   std::vector<Piece> pieces_;
   size_t line_pos_ = 0;
@@ -401,14 +407,18 @@ class ExprParser {
     while (accept_op("**")) e = binary("**", e, unary());
     return e;
   }
-  ExprPtr unary() {
+  // As in Jinja, "-x | f" is "(-x) | f": the operand of a sign takes no filters,
+  // the signed value does.
+  ExprPtr unary(bool with_filters = true) {
+    ExprPtr e;
     if (is_op("-") || is_op("+")) {
-      auto e = make(Expr::kUnary);
+      e = make(Expr::kUnary);
       e->name = t_[p_++].text;
-      e->args.push_back(unary());
-      return e;
+      e->args.push_back(unary(false));
+    } else {
+      e = postfix(primary());
     }
-    return filters(postfix(primary()));
+    return with_filters ? filters(e) : e;
   }
 
   void call_args(Expr& e) {
