@@ -101,6 +101,39 @@ void check_linear(std::mt19937_64& rng, DType t, const LinearCase& c, cuda::Inpu
     }
 }
 
+// The fused gate|up GEMV: W rows interleave gate and up, y[i][j] = silu(gate_j) * up_j.
+void check_silu_pairs(std::mt19937_64& rng, DType t, const LinearCase& c) {
+  SCOPED_TRACE(fmt::format("silu pairs dtype={} m={} n={} k={}", dtype_name(t), c.m, c.n, c.k));
+  const auto w = random_weights(rng, t, c.n, c.k);
+  const auto x = randn(rng, size_t(c.m * c.k)), nw = randn(rng, size_t(c.k)), b = randn(rng, size_t(c.n));
+  std::vector<float> xin(size_t(c.m * c.k)), wf(size_t(c.n * c.k));
+  scalar::rmsnorm(x.data(), nw.data(), DType::F32, c.m, c.k, 1e-5f, xin.data());
+  dequantize_row(t, w.data(), wf.data(), c.n * c.k);
+  DeviceArray<uint8_t> dw(w);
+  DeviceArray<float> dx(x), dnw(nw), db(b), dy(size_t(c.m * c.n / 2));
+  dy.poison();
+  cuda::LinearArgs a;
+  a.x = dx.get(), a.m = c.m, a.ldx = c.k, a.op = cuda::InputOp::RmsNorm, a.norm_w = dnw.get(), a.bias = db.get();
+  a.silu_pairs = true, a.y = dy.get(), a.ldy = c.n / 2;
+  cuda::linear(a, cuda::DeviceWeight{t, c.n, c.k, dw.get()}, nullptr);
+  const auto y = dy.download();
+  for (int64_t i = 0; i < c.m; ++i)
+    for (int64_t j = 0; j < c.n / 2; ++j) {
+      double g = b[size_t(2 * j)], u = b[size_t(2 * j + 1)], ga = std::fabs(g), ua = std::fabs(u);
+      for (int64_t kk = 0; kk < c.k; ++kk) {
+        const double xv = xin[size_t(i * c.k + kk)];
+        g += xv * wf[size_t(2 * j * c.k + kk)], ga += std::fabs(xv * wf[size_t(2 * j * c.k + kk)]);
+        u += xv * wf[size_t((2 * j + 1) * c.k + kk)], ua += std::fabs(xv * wf[size_t((2 * j + 1) * c.k + kk)]);
+      }
+      const double ref = g / (1.0 + std::exp(-g)) * u;
+      // d(silu(g) u) = silu'(g) u dg + silu(g) du, |silu'| <= 1.1
+      const double tol = 1.1 * std::fabs(u) * dot_tol(c.k, ga) + (std::fabs(g) + 1) * dot_tol(c.k, ua) + 1e-6;
+      const float got = y[size_t(i * c.n / 2 + j)];
+      ASSERT_TRUE(std::isfinite(got)) << "row " << i << " col " << j << " not written";
+      ASSERT_NEAR(got, ref, tol) << "row " << i << " col " << j;
+    }
+}
+
 TEST(CudaKernels, LinearGemvAndGemmMatchScalarReference) {
   ANYBIT_REQUIRE_CUDA();
   const uint64_t seed = test::cuda_test_seed();
@@ -114,6 +147,9 @@ TEST(CudaKernels, LinearGemvAndGemmMatchScalarReference) {
         check_linear(rng, t, c, op, op == cuda::InputOp::None, op == cuda::InputOp::SiluMul, 1);
       check_linear(rng, t, c, cuda::InputOp::None, true, true, 2);
     }
+    for (const LinearCase& c : {LinearCase{1, 256, 512}, LinearCase{2, 66, 64}, LinearCase{3, 2100, 256},
+                                LinearCase{4, 130, 136}, LinearCase{1, 16384, 128}})
+      check_silu_pairs(rng, t, c);
     for (const auto& c : gemm_cases) {
       check_linear(rng, t, c, cuda::InputOp::None, false, false, 0);
       check_linear(rng, t, c, cuda::InputOp::None, true, true, 2);
@@ -143,6 +179,14 @@ TEST(CudaKernels, RmsNormSiluEmbedGatherArgmax) {
   cuda::silu_mul(dgu.get(), m, n, dout.get(), nullptr);
   got = dout.download();
   for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(got[i], ref[i], 1e-5 * (1 + std::fabs(ref[i]))) << i;
+
+  std::vector<float> gate(size_t(m * n)), up(size_t(m * n));
+  for (int64_t i = 0; i < m * n; ++i) gate[size_t(i)] = gu[size_t(2 * i)], up[size_t(i)] = gu[size_t(2 * i + 1)];
+  scalar::silu_mul(gate.data(), up.data(), m, n, n, ref.data());
+  dout.poison();
+  cuda::silu_mul_pairs(dgu.get(), m, n, dout.get(), nullptr);
+  got = dout.download();
+  for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(got[i], ref[i], 1e-5 * (1 + std::fabs(ref[i]))) << "pairs " << i;
 
   for (DType t : {DType::F32, DType::F16, DType::BF16}) {
     const int64_t vocab = 50, h = 72;

@@ -19,8 +19,11 @@ using namespace anybit::cuda;
 
 namespace {
 
+// Median over `reps` samples of the mean time of 20 back-to-back launches (so launch gaps
+// look like they do inside a CUDA graph, not like an isolated launch between events).
 template <typename F>
 double median_us(F&& launch, int reps) {
+  constexpr int kInner = 20;
   cudaEvent_t a, b;
   ANYBIT_CUDA_CHECK(cudaEventCreate(&a));
   ANYBIT_CUDA_CHECK(cudaEventCreate(&b));
@@ -28,12 +31,12 @@ double median_us(F&& launch, int reps) {
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
     ANYBIT_CUDA_CHECK(cudaEventRecord(a));
-    launch(i);
+    for (int j = 0; j < kInner; ++j) launch(i * kInner + j);
     ANYBIT_CUDA_CHECK(cudaEventRecord(b));
     ANYBIT_CUDA_CHECK(cudaEventSynchronize(b));
     float ms = 0;
     ANYBIT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(double(ms) * 1000.0);
+    t.push_back(double(ms) * 1000.0 / kInner);
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
@@ -76,7 +79,7 @@ int main() {
   ANYBIT_CUDA_CHECK(cudaMalloc(&src, copy_bytes));
   ANYBIT_CUDA_CHECK(cudaMalloc(&dst, copy_bytes));
   ANYBIT_CUDA_CHECK(cudaMemset(src, 0x3c, copy_bytes));
-  const double copy_us = median_us([&](int) { cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice); }, 10);
+  const double copy_us = median_us([&](int) { cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice); }, 3);
   const double copy_gbs = 2.0 * double(copy_bytes) / copy_us / 1e3;
   cudaFree(src);
   cudaFree(dst);
@@ -119,7 +122,7 @@ int main() {
             [&](int i) {
               gemv(a, DeviceWeight{dt, s.n, s.k, ws[size_t(i) % ws.size()]}, nullptr);
             },
-            50);
+            15);
         const double gbs = double(wbytes) / us / 1e3;
         std::printf("| gemv %s m=%lld | %s %lldx%lld | %.1f | %.0f | %.0f |\n", std::string(dtype_name(dt)).c_str(),
                     (long long)m, s.name, (long long)s.n, (long long)s.k, us, gbs, 100.0 * gbs / copy_gbs);
@@ -157,7 +160,7 @@ int main() {
     float* part = nullptr;
     ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&part), size_t(heads * a.n_splits * (hd + 2)) * 4));
     a.partial = part;
-    const double us = median_us([&](int) { attention_decode(a, nullptr); }, 50);
+    const double us = median_us([&](int) { attention_decode(a, nullptr); }, 15);
     const double gbs = double(kv_bytes) / us / 1e3;
     std::printf("| attention decode | ctx %lld, 32/8 heads, hd 64, %lld splits | %.1f | %.0f | %.0f |\n", (long long)ctx,
                 (long long)a.n_splits, us, gbs, 100.0 * gbs / copy_gbs);

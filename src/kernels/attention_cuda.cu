@@ -53,33 +53,44 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const At
       q[g][i] = (g < G && d < hd) ? a.q[t * a.ldq + (kvh * G + g) * hd + d] : 0.0f;
     }
   }
-  for (int64_t j = lo + warp; j < hi; j += kDecodeWarps) {
-    const float* kr = k_row(a, btab, j, kvh);
-    float kk[HDI], vv[HDI];
+  // Each warp loads KU keys (and values) before using any, so several row fetches are in
+  // flight per warp instead of one dependent load per key.
+  constexpr int KU = 4;
+  for (int64_t j0 = lo + warp; j0 < hi; j0 += kDecodeWarps * KU) {
+    float kk[KU][HDI], vv[KU][HDI];
 #pragma unroll
-    for (int i = 0; i < HDI; ++i) {
-      const int64_t d = lane + 32 * i;
-      kk[i] = d < hd ? kr[d] : 0.0f;
-      vv[i] = d < hd ? kr[v_off + d] : 0.0f;
+    for (int u = 0; u < KU; ++u) {
+      const int64_t j = j0 + int64_t(u) * kDecodeWarps;
+      const float* kr = j < hi ? k_row(a, btab, j, kvh) : nullptr;
+#pragma unroll
+      for (int i = 0; i < HDI; ++i) {
+        const int64_t d = lane + 32 * i;
+        kk[u][i] = (kr && d < hd) ? kr[d] : 0.0f;
+        vv[u][i] = (kr && d < hd) ? kr[v_off + d] : 0.0f;
+      }
     }
 #pragma unroll
-    for (int g = 0; g < kGMax; ++g) {
-      if (g >= G) break;
-      float s = 0.0f;
+    for (int u = 0; u < KU; ++u) {
+      if (j0 + int64_t(u) * kDecodeWarps >= hi) break;
 #pragma unroll
-      for (int i = 0; i < HDI; ++i) s = fmaf(q[g][i], kk[i], s);
-      s = warp_sum(s) * a.scale;
-      if (s > m[g]) {
-        const float r = expf(m[g] - s);
-        l[g] *= r;
+      for (int g = 0; g < kGMax; ++g) {
+        if (g >= G) break;
+        float s = 0.0f;
 #pragma unroll
-        for (int i = 0; i < HDI; ++i) acc[g][i] *= r;
-        m[g] = s;
+        for (int i = 0; i < HDI; ++i) s = fmaf(q[g][i], kk[u][i], s);
+        s = warp_sum(s) * a.scale;
+        if (s > m[g]) {
+          const float r = expf(m[g] - s);
+          l[g] *= r;
+#pragma unroll
+          for (int i = 0; i < HDI; ++i) acc[g][i] *= r;
+          m[g] = s;
+        }
+        const float p = expf(s - m[g]);
+        l[g] += p;
+#pragma unroll
+        for (int i = 0; i < HDI; ++i) acc[g][i] = fmaf(p, vv[u][i], acc[g][i]);
       }
-      const float p = expf(s - m[g]);
-      l[g] += p;
-#pragma unroll
-      for (int i = 0; i < HDI; ++i) acc[g][i] = fmaf(p, vv[i], acc[g][i]);
     }
   }
 
@@ -231,7 +242,7 @@ void check_shape(const AttentionArgs& a, const char* what) {
 }  // namespace
 
 void decode_splits(int64_t max_ctx, int64_t& n_splits, int64_t& split_len) {
-  split_len = std::max<int64_t>(128, ((max_ctx + 31) / 32 + 15) / 16 * 16);
+  split_len = std::max<int64_t>(64, ((max_ctx + 63) / 64 + 15) / 16 * 16);
   n_splits = std::max<int64_t>(1, (max_ctx + split_len - 1) / split_len);
 }
 

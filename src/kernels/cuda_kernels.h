@@ -53,6 +53,9 @@ struct LinearArgs {
   float eps = 1e-5f;
   const float* bias = nullptr;  // [N] or null
   bool accumulate = false;      // y += x·W^T (+bias) instead of y =
+  // W's rows interleave gate and up (gate_0, up_0, gate_1, ...): y[i][j] = silu(gate_j) * up_j,
+  // N/2 columns (GEMV path only; not with accumulate).
+  bool silu_pairs = false;
   float* y = nullptr;
   int64_t ldy = 0;
 };
@@ -72,6 +75,8 @@ void rmsnorm(const float* x, int64_t ldx, const float* w, int64_t m, int64_t n, 
              int64_t ldo, cudaStream_t s);
 // out[m][n] = silu(gu[i][c]) * gu[i][n + c]  (gu rows are [gate n | up n])
 void silu_mul(const float* gu, int64_t m, int64_t n, float* out, cudaStream_t s);
+// The same over interleaved rows [gate_0, up_0, gate_1, up_1, ...] (2n floats each).
+void silu_mul_pairs(const float* gu, int64_t m, int64_t n, float* out, cudaStream_t s);
 // x[t] = table[tokens[t]] widened to fp32.
 void embed(const int32_t* tokens, int64_t n_tok, const DeviceWeight& table, float* x, cudaStream_t s);
 // out[r] = x[rows[r]] (n floats each).

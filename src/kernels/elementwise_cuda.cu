@@ -36,6 +36,14 @@ __global__ void silu_mul_kernel(const float* gu, int64_t m, int64_t n, float* ou
   }
 }
 
+__global__ void silu_mul_pairs_kernel(const float* gu, int64_t m, int64_t n, float* out) {
+  const int64_t total = m * n;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const float2 g = reinterpret_cast<const float2*>(gu)[i];  // row r, pair c sits at 2 * (r * n + c)
+    out[i] = silu(g.x) * g.y;
+  }
+}
+
 template <DType D>
 __global__ void embed_kernel(const int32_t* tokens, const char* table, int64_t row_bytes, int64_t h, float* x) {
   const char* row = table + int64_t(tokens[blockIdx.x]) * row_bytes;
@@ -80,6 +88,13 @@ void silu_mul(const float* gu, int64_t m, int64_t n, float* out, cudaStream_t s)
   const int64_t total = m * n;
   silu_mul_kernel<<<unsigned(std::min<int64_t>((total + 255) / 256, 65535)), 256, 0, s>>>(gu, m, n, out);
   check_launch("silu_mul");
+}
+
+void silu_mul_pairs(const float* gu, int64_t m, int64_t n, float* out, cudaStream_t s) {
+  if (m <= 0) return;
+  const int64_t total = m * n;
+  silu_mul_pairs_kernel<<<unsigned(std::min<int64_t>((total + 255) / 256, 65535)), 256, 0, s>>>(gu, m, n, out);
+  check_launch("silu_mul_pairs");
 }
 
 void embed(const int32_t* tokens, int64_t n_tok, const DeviceWeight& t, float* x, cudaStream_t s) {

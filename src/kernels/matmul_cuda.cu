@@ -7,9 +7,18 @@
 // transform (RMSNorm or SiLU·mul) is applied while reading x, so decode needs no separate
 // norm / activation launches; x is tiny and stays in L1/L2.
 //
-// GEMM (prefill): a plain 64x64 tiled SIMT kernel in fp32. It is correct and simple, not
-// fast: tensor cores would need the activations rounded to bf16 (see docs/CUDA.md).
+// GEMM (prefill): for bf16 weights and m >= 16, cuBLAS on the tensor cores with the fp32
+// activations split into two bf16 terms (x = hi + lo, |x - hi - lo| <= 2^-17 |x|) stacked
+// as 2m columns of one GEMM, summed in the epilogue: bf16 x bf16 products are exact in
+// fp32, so the result keeps ~fp32 accuracy at tensor-core speed. Other dtypes (and bf16
+// when ANYBIT_CUDA_GEMM=simt) use a plain 64x64 tiled SIMT kernel in fp32.
 #include <algorithm>
+#include <cstdlib>
+#include <string>
+
+#ifdef ANYBIT_WITH_CUBLAS
+#include <cublas_v2.h>
+#endif
 
 #include "core/error.h"
 #include "kernels/cuda_common.cuh"
@@ -35,9 +44,11 @@ struct GemvParams {
   int accumulate;
   float* y;
   int64_t ldy;
-  int wpr;  // warps per output row
+  int wpr;    // warps per output row
+  int stage;  // op(x) is staged in shared memory (M * K floats)
 };
 
+// op(x)[i][c .. c+V) read straight from global memory (the path when x is too big to stage).
 template <InputOp OP, int V>
 __device__ __forceinline__ void load_x(const GemvParams& p, int i, int64_t c, float inv, float* xv) {
   const float* xr = p.x + i * p.ldx + c;
@@ -57,16 +68,39 @@ __device__ __forceinline__ void load_x(const GemvParams& p, int i, int64_t c, fl
   }
 }
 
-template <DType D, int M, InputOp OP>
+// PAIR: rows 2j and 2j+1 of W are gate_j and up_j; the block writes silu(gate_j) * up_j to
+// column j of y instead of the two raw outputs (SwiGLU fused into the gate|up GEMV).
+template <DType D, int M, InputOp OP, bool PAIR>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   using E = Elt<D>;
   constexpr int V = E::kVec;
   constexpr int U = 4;  // vectors in flight per lane
+  extern __shared__ float4 s_x4[];
+  float* xs = reinterpret_cast<float*>(s_x4);
   __shared__ float s_red[kWarps][M];
   __shared__ float s_inv[M];
+  __shared__ float s_out[kWarps][M];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int rows_per_block = kWarps / p.wpr;
+  const int64_t n = int64_t(blockIdx.x) * rows_per_block + warp / p.wpr;
+  const int t_in_row = (warp % p.wpr) * 32 + lane;
+  const int64_t step = int64_t(p.wpr) * 32 * V;
+  const char* wrow = p.w + (n < p.N ? n : 0) * p.row_bytes;
 
-  if constexpr (OP == InputOp::RmsNorm) {
+  // The first weight loads go out before anything waits on x, so the prologue's latency
+  // overlaps the DRAM latency instead of adding to it.
+  uint4 raw[U];
+  const int64_t c_first = int64_t(t_in_row) * V;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t c = c_first + u * step;
+    if (n < p.N && c < p.K) raw[u] = load_stream(wrow + c * E::kBytes);
+  }
+
+  float inv[M];
+#pragma unroll
+  for (int i = 0; i < M; ++i) inv[i] = 1.0f;
+  if (p.stage || OP == InputOp::RmsNorm) {
     float ss[M];
 #pragma unroll
     for (int i = 0; i < M; ++i) ss[i] = 0.0f;
@@ -74,42 +108,74 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
 #pragma unroll
       for (int i = 0; i < M; ++i)
         if (i < p.m) {
-          const float4 v = *reinterpret_cast<const float4*>(p.x + i * p.ldx + c);
-          ss[i] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+          const float* xr = p.x + i * p.ldx + c;
+          float4 v = *reinterpret_cast<const float4*>(xr);
+          if constexpr (OP == InputOp::RmsNorm) ss[i] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+          if constexpr (OP == InputOp::SiluMul) {
+            const float4 u = *reinterpret_cast<const float4*>(xr + p.K);
+            v.x = silu(v.x) * u.x, v.y = silu(v.y) * u.y, v.z = silu(v.z) * u.z, v.w = silu(v.w) * u.w;
+          }
+          if (p.stage) *reinterpret_cast<float4*>(xs + i * p.K + c) = v;
         }
     }
+    if constexpr (OP == InputOp::RmsNorm) {
 #pragma unroll
-    for (int i = 0; i < M; ++i) {
-      ss[i] = warp_sum(ss[i]);
-      if (lane == 0) s_red[warp][i] = ss[i];
-    }
-    __syncthreads();
-    if (threadIdx.x < M) {
-      float t = 0.0f;
-      for (int w = 0; w < kWarps; ++w) t += s_red[w][threadIdx.x];
-      s_inv[threadIdx.x] = 1.0f / sqrtf(t / float(p.K) + p.eps);
+      for (int i = 0; i < M; ++i) {
+        ss[i] = warp_sum(ss[i]);
+        if (lane == 0) s_red[warp][i] = ss[i];
+      }
+      __syncthreads();
+      if (threadIdx.x < M) {
+        float t = 0.0f;
+        for (int w = 0; w < kWarps; ++w) t += s_red[w][threadIdx.x];
+        s_inv[threadIdx.x] = 1.0f / sqrtf(t / float(p.K) + p.eps);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < M; ++i) inv[i] = s_inv[i];
+      if (p.stage) {
+        // x * inv * w, the CPU's order of operations
+        for (int64_t c = threadIdx.x; c < p.K; c += kThreads)
+#pragma unroll
+          for (int i = 0; i < M; ++i)
+            if (i < p.m) xs[i * p.K + c] = xs[i * p.K + c] * inv[i] * p.norm_w[c];
+      }
     }
     __syncthreads();
   }
 
-  const int rows_per_block = kWarps / p.wpr;
-  const int64_t n = int64_t(blockIdx.x) * rows_per_block + warp / p.wpr;
-  const int t_in_row = (warp % p.wpr) * 32 + lane;
-  const int64_t step = int64_t(p.wpr) * 32 * V;
   float acc[M];
 #pragma unroll
   for (int i = 0; i < M; ++i) acc[i] = 0.0f;
-  float inv[M];
+  auto consume = [&](const uint4& r, int64_t c) {
+    float wv[V];
+    E::widen(r, wv);
 #pragma unroll
-  for (int i = 0; i < M; ++i) {
-    if constexpr (OP == InputOp::RmsNorm) inv[i] = s_inv[i];
-    else inv[i] = 1.0f;
-  }
-
+    for (int i = 0; i < M; ++i)
+      if (i < p.m) {
+        float xv[V];
+        if (p.stage) {
+#pragma unroll
+          for (int v = 0; v < V; v += 4) {
+            const float4 a = *reinterpret_cast<const float4*>(xs + i * p.K + c + v);
+            xv[v] = a.x, xv[v + 1] = a.y, xv[v + 2] = a.z, xv[v + 3] = a.w;
+          }
+        } else {
+          load_x<OP, V>(p, i, c, inv[i], xv);
+        }
+        float s = 0.0f;
+#pragma unroll
+        for (int v = 0; v < V; ++v) s = fmaf(xv[v], wv[v], s);
+        acc[i] += s;
+      }
+  };
   if (n < p.N) {
-    const char* wrow = p.w + n * p.row_bytes;
-    for (int64_t c0 = int64_t(t_in_row) * V; c0 < p.K; c0 += step * U) {
-      uint4 raw[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = c_first + u * step;
+      if (c < p.K) consume(raw[u], c);
+    }
+    for (int64_t c0 = c_first + step * U; c0 < p.K; c0 += step * U) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t c = c0 + u * step;
@@ -118,27 +184,13 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t c = c0 + u * step;
-        if (c < p.K) {
-          float wv[V];
-          E::widen(raw[u], wv);
-#pragma unroll
-          for (int i = 0; i < M; ++i)
-            if (i < p.m) {
-              float xv[V];
-              load_x<OP, V>(p, i, c, inv[i], xv);
-              float s = 0.0f;
-#pragma unroll
-              for (int v = 0; v < V; ++v) s = fmaf(xv[v], wv[v], s);
-              acc[i] += s;
-            }
-        }
+        if (c < p.K) consume(raw[u], c);
       }
     }
   }
 #pragma unroll
   for (int i = 0; i < M; ++i) acc[i] = warp_sum(acc[i]);
   if (p.wpr > 1) {
-    __syncthreads();  // s_red may still be read by the RMSNorm prologue's last step
     if (lane == 0)
 #pragma unroll
       for (int i = 0; i < M; ++i) s_red[warp][i] = acc[i];
@@ -151,7 +203,19 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
         acc[i] = t;
       }
   }
-  if (n < p.N && lane == 0 && warp % p.wpr == 0) {
+  if constexpr (PAIR) {
+    const int r = warp / p.wpr;
+    if (lane == 0 && warp % p.wpr == 0)
+#pragma unroll
+      for (int i = 0; i < M; ++i) s_out[r][i] = acc[i] + (p.bias && n < p.N ? p.bias[n] : 0.0f);
+    __syncthreads();
+    const int pairs = rows_per_block / 2;
+    if (int(threadIdx.x) < pairs * M) {
+      const int j = threadIdx.x % pairs, i = threadIdx.x / pairs;
+      const int64_t row0 = int64_t(blockIdx.x) * rows_per_block + 2 * j;
+      if (i < p.m && row0 + 1 < p.N) p.y[i * p.ldy + row0 / 2] = silu(s_out[2 * j][i]) * s_out[2 * j + 1][i];
+    }
+  } else if (n < p.N && lane == 0 && warp % p.wpr == 0) {
 #pragma unroll
     for (int i = 0; i < M; ++i)
       if (i < p.m) {
@@ -164,20 +228,24 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   }
 }
 
-template <DType D, int M>
+template <DType D, int M, bool PAIR>
 void launch_gemv_m(const GemvParams& p, InputOp op, unsigned grid, cudaStream_t s) {
+  const size_t shm = p.stage ? size_t(M) * size_t(p.K) * sizeof(float) : 0;
   switch (op) {
-    case InputOp::None: gemv_kernel<D, M, InputOp::None><<<grid, kThreads, 0, s>>>(p); break;
-    case InputOp::RmsNorm: gemv_kernel<D, M, InputOp::RmsNorm><<<grid, kThreads, 0, s>>>(p); break;
-    case InputOp::SiluMul: gemv_kernel<D, M, InputOp::SiluMul><<<grid, kThreads, 0, s>>>(p); break;
+    case InputOp::None: gemv_kernel<D, M, InputOp::None, PAIR><<<grid, kThreads, shm, s>>>(p); break;
+    case InputOp::RmsNorm: gemv_kernel<D, M, InputOp::RmsNorm, PAIR><<<grid, kThreads, shm, s>>>(p); break;
+    case InputOp::SiluMul:
+      if constexpr (PAIR) fail("CUDA gemv: SiLU input and SiLU pairs do not combine");
+      else gemv_kernel<D, M, InputOp::SiluMul, false><<<grid, kThreads, shm, s>>>(p);
+      break;
   }
 }
 
-template <DType D>
+template <DType D, bool PAIR>
 void launch_gemv(const GemvParams& p, InputOp op, unsigned grid, cudaStream_t s) {
-  if (p.m <= 1) launch_gemv_m<D, 1>(p, op, grid, s);
-  else if (p.m <= 2) launch_gemv_m<D, 2>(p, op, grid, s);
-  else launch_gemv_m<D, 4>(p, op, grid, s);
+  if (p.m <= 1) launch_gemv_m<D, 1, PAIR>(p, op, grid, s);
+  else if (p.m <= 2) launch_gemv_m<D, 2, PAIR>(p, op, grid, s);
+  else launch_gemv_m<D, 4, PAIR>(p, op, grid, s);
 }
 
 int sm_count() {
@@ -242,6 +310,92 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemvParams p) {
   }
 }
 
+#ifdef ANYBIT_WITH_CUBLAS
+__global__ void split_bf16_kernel(const float* x, int64_t m, int64_t K, int64_t ldx, __nv_bfloat16* out) {
+  const int64_t total = m * K;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = e / K, c = e % K;
+    const float v = x[i * ldx + c];
+    const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+    out[e] = hi;
+    out[total + e] = __float2bfloat16_rn(v - __bfloat162float(hi));
+  }
+}
+
+__global__ void combine_split_kernel(const float* c, int64_t m, int64_t n, const float* bias, int accumulate, float* y,
+                                     int64_t ldy) {
+  const int64_t total = m * n;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = e / n, j = e % n;
+    float v = c[e] + c[total + e];
+    if (bias) v += bias[j];
+    float* yp = y + i * ldy + j;
+    if (accumulate) v += *yp;
+    *yp = v;
+  }
+}
+
+bool tensor_core_gemm_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("ANYBIT_CUDA_GEMM");
+    return !(e && std::string(e) == "simt");
+  }();
+  return on;
+}
+
+// One cuBLAS handle and one growing workspace for the process; prefill runs on one
+// stream at a time, and this path is never taken inside a graph capture.
+struct CublasState {
+  cublasHandle_t handle = nullptr;
+  void* ws = nullptr;
+  size_t ws_bytes = 0;
+};
+CublasState& cublas_state() {
+  static CublasState st;
+  if (!st.handle) {
+    if (cublasCreate(&st.handle) != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: cublasCreate failed");
+  }
+  return st;
+}
+
+void cublas_check(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS error {} in {}", int(st), what);
+}
+
+void gemm_split_bf16(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
+  CublasState& st = cublas_state();
+  const int64_t N = w.rows, K = w.cols;
+  const int64_t chunk = std::min<int64_t>(a.m, 2048);  // rows of x per GEMM: bounds the workspace
+  const size_t need = size_t(2 * chunk * K) * 2 + size_t(2 * chunk * N) * 4 + 256;
+  if (need > st.ws_bytes) {
+    check(cudaStreamSynchronize(s), "cudaStreamSynchronize (cuBLAS workspace)");
+    cudaFree(st.ws);
+    st.ws = nullptr;
+    st.ws_bytes = 0;
+    check(cudaMalloc(&st.ws, need), "cudaMalloc (cuBLAS workspace)");
+    st.ws_bytes = need;
+  }
+  auto* xs = static_cast<__nv_bfloat16*>(st.ws);
+  float* c = reinterpret_cast<float*>(static_cast<char*>(st.ws) + (size_t(2 * chunk * K) * 2 + 255) / 256 * 256);
+  cublas_check(cublasSetStream(st.handle, s), "cublasSetStream");
+  const float one = 1.0f, zero = 0.0f;
+  for (int64_t i0 = 0; i0 < a.m; i0 += chunk) {
+    const int64_t mm = std::min(chunk, a.m - i0);
+    const unsigned g1 = unsigned(std::min<int64_t>((mm * K + 255) / 256, 8192));
+    split_bf16_kernel<<<g1, 256, 0, s>>>(a.x + i0 * a.ldx, mm, K, a.ldx, xs);
+    check_launch("split_bf16");
+    // Column-major view: C[N][2mm] = W^T-as-stored (K x N, op T) times X (K x 2mm).
+    cublas_check(cublasGemmEx(st.handle, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(2 * mm), int(K), &one, w.data, CUDA_R_16BF,
+                              int(K), xs, CUDA_R_16BF, int(K), &zero, c, CUDA_R_32F, int(N), CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx");
+    const unsigned g2 = unsigned(std::min<int64_t>((mm * N + 255) / 256, 8192));
+    combine_split_kernel<<<g2, 256, 0, s>>>(c, mm, N, a.bias, a.accumulate ? 1 : 0, a.y + i0 * a.ldy, a.ldy);
+    check_launch("combine_split");
+  }
+}
+#endif
+
 GemvParams params(const LinearArgs& a, const DeviceWeight& w) {
   GemvParams p{};
   p.x = a.x;
@@ -274,26 +428,38 @@ bool gemv_supported(const LinearArgs& a, const DeviceWeight& w) {
   const int64_t vec = w.dtype == DType::F32 ? 4 : 8;
   return a.m >= 1 && a.m <= kGemvMaxRows && w.cols % vec == 0 && a.ldx % 4 == 0 && aligned16(a.x) &&
          aligned16(w.data) && (a.op != InputOp::RmsNorm || aligned16(a.norm_w)) &&
-         (a.op != InputOp::SiluMul || a.ldx >= 2 * w.cols);
+         (a.op != InputOp::SiluMul || a.ldx >= 2 * w.cols) && (!a.silu_pairs || (w.rows % 2 == 0 && !a.accumulate));
 }
 
 void gemv(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
   check_dtype(w);
   if (!gemv_supported(a, w)) fail("CUDA gemv: unsupported shape or alignment (m={}, K={})", a.m, w.cols);
   GemvParams p = params(a, w);
-  while (p.wpr < kWarps && w.rows * p.wpr / kWarps < 2 * sm_count()) p.wpr *= 2;
+  const int max_wpr = a.silu_pairs ? kWarps / 2 : kWarps;  // a block must hold whole gate/up pairs
+  while (p.wpr < max_wpr && w.rows * p.wpr / kWarps < 2 * sm_count()) p.wpr *= 2;
+  const int64_t rounded_m = a.m <= 1 ? 1 : a.m <= 2 ? 2 : 4;
+  p.stage = rounded_m * w.cols * int64_t(sizeof(float)) <= 48 * 1024 ? 1 : 0;
   const unsigned grid = blocks_for(w.rows, kWarps / p.wpr);
+  const bool pair = a.silu_pairs;
   switch (w.dtype) {
-    case DType::F32: launch_gemv<DType::F32>(p, a.op, grid, s); break;
-    case DType::F16: launch_gemv<DType::F16>(p, a.op, grid, s); break;
-    default: launch_gemv<DType::BF16>(p, a.op, grid, s); break;
+    case DType::F32: pair ? launch_gemv<DType::F32, true>(p, a.op, grid, s) : launch_gemv<DType::F32, false>(p, a.op, grid, s); break;
+    case DType::F16: pair ? launch_gemv<DType::F16, true>(p, a.op, grid, s) : launch_gemv<DType::F16, false>(p, a.op, grid, s); break;
+    default: pair ? launch_gemv<DType::BF16, true>(p, a.op, grid, s) : launch_gemv<DType::BF16, false>(p, a.op, grid, s); break;
   }
   check_launch("gemv");
 }
 
 void gemm(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
   check_dtype(w);
-  if (a.op != InputOp::None) fail("CUDA gemm: input transforms are only fused in the GEMV path");
+  if (a.op != InputOp::None || a.silu_pairs) fail("CUDA gemm: input/output transforms are only fused in the GEMV path");
+#ifdef ANYBIT_WITH_CUBLAS
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
+  if (w.dtype == DType::BF16 && a.m >= 16 && cap == cudaStreamCaptureStatusNone && tensor_core_gemm_enabled()) {
+    gemm_split_bf16(a, w, s);
+    return;
+  }
+#endif
   const GemvParams p = params(a, w);
   const dim3 grid(blocks_for(w.rows, BN), blocks_for(a.m, BM));
   switch (w.dtype) {
@@ -307,6 +473,7 @@ void gemm(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
 void linear(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
   if (a.m <= 0) return;
   if (gemv_supported(a, w)) gemv(a, w, s);
+  else if (a.silu_pairs) fail("CUDA linear: the fused SiLU pairs need the GEMV path (m={}, K={})", a.m, w.cols);
   else gemm(a, w, s);
 }
 

@@ -84,6 +84,22 @@ LlamaCudaModel::LlamaCudaModel(const ModelConfig& cfg, std::shared_ptr<const Ten
     if (cols % vec) gemv_ok_ = false;
     return d;
   };
+  // gate and up rows interleaved (gate_0, up_0, gate_1, ...) so that one GEMV block owns
+  // both halves of each SwiGLU product.
+  auto interleaved = [&](const TensorView& g, const TensorView& u) {
+    if (g.dtype != u.dtype)
+      fail("{}: tensor {} is {} but {} is {}; fused CUDA matrices need one dtype", origin, u.name, dtype_name(u.dtype),
+           g.name, dtype_name(g.dtype));
+    const size_t rb = dtype_row_bytes(g.dtype, g.shape[1]);
+    std::vector<uint8_t> host(2 * g.nbytes);
+    for (int64_t r = 0; r < g.shape[0]; ++r) {
+      std::memcpy(host.data() + size_t(2 * r) * rb, static_cast<const uint8_t*>(g.data) + size_t(r) * rb, rb);
+      std::memcpy(host.data() + size_t(2 * r + 1) * rb, static_cast<const uint8_t*>(u.data) + size_t(r) * rb, rb);
+    }
+    cuda::DeviceWeight d{g.dtype, 2 * g.shape[0], g.shape[1], upload(host.data(), host.size())};
+    if (g.shape[1] % (g.dtype == DType::F32 ? 4 : 8)) gemv_ok_ = false;
+    return d;
+  };
   auto vec_f32 = [&](const std::string& name, int64_t n) {
     const TensorView& t = w.get(name, {n});
     std::vector<float> v(size_t(t.numel()));
@@ -121,12 +137,17 @@ LlamaCudaModel::LlamaCudaModel(const ModelConfig& cfg, std::shared_ptr<const Ten
                      &tensor(p + "self_attn.v_proj.weight", {kvd, H})},
                     H);
     L.o = stacked({&tensor(p + "self_attn.o_proj.weight", {H, qd})}, qd);
-    L.gate_up = stacked({&tensor(p + "mlp.gate_proj.weight", {cfg.ffn, H}), &tensor(p + "mlp.up_proj.weight", {cfg.ffn, H})}, H);
+    L.gate_up = interleaved(tensor(p + "mlp.gate_proj.weight", {cfg.ffn, H}), tensor(p + "mlp.up_proj.weight", {cfg.ffn, H}));
     L.down = stacked({&tensor(p + "mlp.down_proj.weight", {H, cfg.ffn})}, cfg.ffn);
     L.qkv_bias = bias({{p + "self_attn.q_proj.bias", qd}, {p + "self_attn.k_proj.bias", kvd}, {p + "self_attn.v_proj.bias", kvd}},
                       cfg.attn_bias);
     L.o_bias = bias({{p + "self_attn.o_proj.bias", H}}, cfg.attn_out_bias);
-    L.gu_bias = bias({{p + "mlp.gate_proj.bias", cfg.ffn}, {p + "mlp.up_proj.bias", cfg.ffn}}, cfg.mlp_bias);
+    if (cfg.mlp_bias) {
+      const auto g = vec_f32(p + "mlp.gate_proj.bias", cfg.ffn), u = vec_f32(p + "mlp.up_proj.bias", cfg.ffn);
+      std::vector<float> gu(size_t(2 * cfg.ffn));
+      for (size_t j = 0; j < g.size(); ++j) gu[2 * j] = g[j], gu[2 * j + 1] = u[j];
+      L.gu_bias = upload_f32(gu);
+    }
     L.down_bias = bias({{p + "mlp.down_proj.bias", H}}, cfg.mlp_bias);
     layers_.push_back(L);
   }
@@ -268,15 +289,17 @@ void LlamaCudaModel::enqueue(const Meta& m) {
     if (m.max_nq == 1) attention_decode(at, stream_);
     else attention_prefill(at, stream_);
     lin(att_, qd, InputOp::None, nullptr, L.o_bias, true, x_, H, L.o, T);
-    if (fused) {
-      lin(x_, H, InputOp::RmsNorm, L.mlp_norm, L.gu_bias, false, gu_, 2 * F, L.gate_up, T);
-      lin(gu_, 2 * F, InputOp::SiluMul, nullptr, L.down_bias, true, x_, H, L.down, T);
+    if (fused) {  // norm, gate|up and SwiGLU in one GEMV
+      LinearArgs g;
+      g.x = x_, g.m = T, g.ldx = H, g.op = InputOp::RmsNorm, g.norm_w = L.mlp_norm, g.eps = c.rms_eps;
+      g.bias = L.gu_bias, g.silu_pairs = true, g.y = act_, g.ldy = F;
+      linear(g, L.gate_up, stream_);
     } else {
       rmsnorm(x_, H, L.mlp_norm, T, H, c.rms_eps, xn_, H, stream_);
       lin(xn_, H, InputOp::None, nullptr, L.gu_bias, false, gu_, 2 * F, L.gate_up, T);
-      silu_mul(gu_, T, F, act_, stream_);
-      lin(act_, F, InputOp::None, nullptr, L.down_bias, true, x_, H, L.down, T);
+      silu_mul_pairs(gu_, T, F, act_, stream_);
     }
+    lin(act_, F, InputOp::None, nullptr, L.down_bias, true, x_, H, L.down, T);
   }
   const float* src = x_;
   if (!m.identity_rows) {
