@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -14,6 +15,7 @@
 #include "kernels/qbits.h"
 #include "kernels/qbits_kernels.h"
 #include "kernels/qbits_pack.h"
+#include "kernels/qbits_prepare.h"
 #include "test_qbits_util.h"
 
 namespace anybit {
@@ -158,6 +160,72 @@ TEST(Qbits, RejectsInconsistentWeights) {
     w3.input_scale[5] = 0.0f;
     EXPECT_THROW(k.fn(w3, x.data(), 1, y.data()), Error);
   }
+}
+
+
+// The dispatch-table entry of every SIMD ISA against the format's scalar reference
+// (kernels/matmul_qbits_scalar.cpp, fp32 activations), within the bound of the kernel
+// family the selector picked.
+TEST(Qbits, DispatchEntryMatchesFormatReference) {
+  const uint64_t seed = test::qbits_seed();
+  SCOPED_TRACE("seed=" + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const KernelTable* scalar_table = kernels_for(Isa::Scalar);
+  if (!scalar_table->matmul[int(DType::QBITS)]) GTEST_SKIP() << "no scalar QBITS reference linked";
+  for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
+    const KernelTable* t = kernels_for(isa);
+    if (!t) continue;
+    ASSERT_NE(t->matmul[int(DType::QBITS)], nullptr);
+    for (int bits = 2; bits <= 8; ++bits)
+      for (int64_t m : {1, 3, 17}) {
+        QSpec s;
+        s.bits = bits, s.group = (bits % 3 == 0) ? 64 : 128, s.asym = bits % 2 == 1;
+        s.rows = 1 + int64_t(rng() % 70), s.cols = s.group * (1 + int64_t(rng() % 4));
+        s.act_bits = bits == 6 ? 8 : 0;
+        s.input_scale = bits == 3;
+        SCOPED_TRACE(std::string(isa_name(isa)) + " " + describe(s, m));
+        QuantizedWeight w = test::random_qweight(s, rng);
+        const std::vector<float> x = random_x(rng, m * s.cols);
+        std::vector<float> y(size_t(m * s.rows), std::numeric_limits<float>::quiet_NaN()), ref(y.size());
+        const WeightMatrix wm{DType::QBITS, s.rows, s.cols, &w};
+        t->matmul[int(DType::QBITS)](x.data(), m, wm, y.data());
+        scalar_table->matmul[int(DType::QBITS)](x.data(), m, wm, ref.data());
+        const bool lut = qbits::choose(w, m, isa).family == qbits::Family::Lut;
+        std::vector<double> tol = lut ? test::lut_bound(w, x.data(), m) : test::int8_act_bound(w, x.data(), m);
+        for (size_t i = 0; i < y.size(); ++i) {
+          // act_bits 8: the reference quantizes activations exactly as the kernel does.
+          const double bound = s.act_bits == 8 ? 1e-4 * (std::fabs(ref[i]) + 1e-3) + tol[i] * 1e-3 : tol[i];
+          ASSERT_LE(std::fabs(double(y[i]) - double(ref[i])), bound) << "y[" << i << "] " << y[i] << " vs " << ref[i];
+        }
+        EXPECT_FALSE(qbits_kernel_name(w, m).empty());
+      }
+  }
+}
+
+TEST(Qbits, PrepareBuildsLayoutsAndValidates) {
+  std::mt19937_64 rng(11);
+  QSpec s;
+  s.bits = 3;
+  QuantizedWeight w = test::random_qweight(s, rng);
+  prepare_qbits(w);
+  if (kernels().isa != Isa::Scalar) {
+    EXPECT_EQ(w.packed_kind, qbits::kCpuPacks);
+    ASSERT_NE(w.packed, nullptr);
+  }
+  prepare_qbits(w);  // idempotent
+  QuantizedWeight bad = test::random_qweight(s, rng);
+  bad.group = 48;
+  EXPECT_THROW(prepare_qbits(bad), Error);
+  // First use from many threads at once must build one layout, consistently.
+  QuantizedWeight shared = test::random_qweight(s, rng);
+  std::vector<float> x(size_t(s.cols), 0.25f);
+  std::vector<std::vector<float>> ys(4, std::vector<float>(size_t(s.rows)));
+  const WeightMatrix wm{DType::QBITS, s.rows, s.cols, &shared};
+  std::vector<std::thread> th;
+  for (int i = 0; i < 4; ++i)
+    th.emplace_back([&, i] { kernels().matmul[int(DType::QBITS)](x.data(), 1, wm, ys[size_t(i)].data()); });
+  for (auto& t : th) t.join();
+  for (int i = 1; i < 4; ++i) EXPECT_EQ(ys[0], ys[size_t(i)]);
 }
 
 }  // namespace

@@ -110,4 +110,38 @@ inline std::vector<double> int8_act_bound(const QuantizedWeight& w, const float*
   return tol;
 }
 
+// |LUT result - fp32 result| bound: each table entry is off by at most ts/2 and a quad's
+// planes weigh (2^bits - 1) in total; the zero-point term uses 2 * round(T[15]) per quad,
+// off by at most ts, times |c_z|. Scaled by |s|; ts <= max over the group's quads of
+// sum |x| / 2 / 127.
+inline std::vector<double> lut_bound(const QuantizedWeight& w, const float* x, int64_t m) {
+  const int64_t G = w.groups_per_row(), qpg = w.group / 4;
+  std::vector<double> ts(size_t(m * G));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t g = 0; g < G; ++g) {
+      double mx = 0.0;
+      for (int64_t q = 0; q < qpg; ++q) {
+        double s = 0.0;
+        for (int t = 0; t < 4; ++t) {
+          const int64_t c = g * w.group + q * 4 + t;
+          s += std::fabs(w.input_scale.empty() ? x[i * w.cols + c] : x[i * w.cols + c] / w.input_scale[size_t(c)]);
+        }
+        mx = std::fmax(mx, s / 2.0);
+      }
+      ts[size_t(i * G + g)] = mx / 127.0 * 1.0001;
+    }
+  std::vector<double> tol(size_t(m * w.rows));
+  const double half_range = ((1 << w.bits) - 1) * 0.5;
+  for (int64_t r = 0; r < w.rows; ++r)
+    for (int64_t i = 0; i < m; ++i) {
+      double t = 0.0;
+      for (int64_t g = 0; g < G; ++g) {
+        const double cz = std::fabs(half_range - w.zero(r, g));
+        t += w.scales[size_t(r * G + g)] * ts[size_t(i * G + g)] * double(qpg) * (half_range + cz);
+      }
+      tol[size_t(i * w.rows + r)] = t * 1.001 + 1e-6;
+    }
+  return tol;
+}
+
 }  // namespace anybit::test

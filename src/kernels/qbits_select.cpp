@@ -10,7 +10,9 @@
 #include "core/error.h"
 #include "kernels/qbits.h"
 #include "kernels/qbits_kernels.h"
+#include "kernels/qbits_lut.h"
 #include "kernels/qbits_pack.h"
+#include "kernels/qbits_prepare.h"
 #include "quant/random_qbits.h"
 
 namespace anybit {
@@ -131,6 +133,18 @@ void matmul_qbits(const float* x, int64_t m, const WeightMatrix& w, float* y) {
   qbits::choose(q, m, Isa::Avx2).run(q, x, m, y);
 }
 }  // namespace avx2
+
+void prepare_qbits(QuantizedWeight& w) {
+  qbits::pack_set(w);  // validates
+  const Isa isa = kernels().isa;
+  if (isa == Isa::Scalar) return;
+  for (int64_t m : {int64_t(1), int64_t(4), int64_t(64)}) {
+    if (qbits::choose(w, m, isa).family == qbits::Family::Lut)
+      qbits::lut_pack(w);
+    else
+      qbits::int8_pack(w);
+  }
+}
 
 std::string qbits_kernel_name(const QuantizedWeight& w, int64_t m) {
   const Isa isa = kernels().isa;

@@ -25,6 +25,8 @@ namespace {
 using qbits::ActQ;
 using qbits::VnniPack;
 
+constexpr size_t kPrefetch = 1024;
+
 template <int N, class F>
 __attribute__((always_inline)) inline void static_for(F&& f) {
   [&]<int... I>(std::integer_sequence<int, I...>) {
@@ -109,7 +111,14 @@ __attribute__((flatten)) void tile(const VnniPack& p, int64_t rb0, const ActQ& a
     for (int uu = 0; uu < upg; ++uu) {
       const int64_t u = g * upg + uu;
       const int64_t k0 = u * 32;
-      static_for<NB>([&](auto j) { _mm_prefetch(reinterpret_cast<const char*>(cb[j] + (u + 4) * ub), _MM_HINT_T0); });
+      // Decode streams each row block from DRAM: software prefetch every line of the
+      // unit kPrefetch bytes ahead (the hardware prefetchers lose track of 2 x NB streams).
+      if constexpr (MR == 1) {
+        static_for<NB>([&](auto j) {
+          const char* pf = reinterpret_cast<const char*>(cb[j] + size_t(u) * ub + kPrefetch);
+          static_for<BITS>([&](auto l) { _mm_prefetch(pf + 64 * l, _MM_HINT_T0); });
+        });
+      }
       static_for<8>([&](auto c) {
         __m512i xb[MR];
         static_for<MR>([&](auto i) { xb[i] = _mm512_set1_epi32(load_i32(xr[i] + k0 + 4 * c)); });
