@@ -31,6 +31,8 @@ __device__ __forceinline__ const float* k_row(const AttentionArgs& a, const int3
 
 template <int HDI>
 __global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const AttentionArgs a) {
+  pdl_wait();
+  pdl_trigger();
   const int sp = blockIdx.x;
   const int64_t kvh = blockIdx.y, t = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -38,7 +40,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const At
   const int G = int(a.n_heads / nkv);
   const int64_t n_ctx = int64_t(a.tok_pos[t]) + 1;
   const int64_t start = a.window > 0 ? max(int64_t(0), n_ctx - a.window) : 0;
-  const int64_t lo = max(start, int64_t(sp) * a.split_len), hi = min(n_ctx, int64_t(sp + 1) * a.split_len);
+  // The context is divided evenly over the splits on the device (from this row's own
+  // length), so a graph captured for the cache's capacity still spreads a short context.
+  const int64_t chunk = max(int64_t(16), ((n_ctx - start + a.n_splits - 1) / a.n_splits + 15) / 16 * 16);
+  const int64_t lo = min(n_ctx, start + int64_t(sp) * chunk), hi = min(n_ctx, lo + chunk);
   const int32_t* btab = a.block_tables + int64_t(a.tok_seq[t]) * a.max_blocks;
   const int64_t v_off = nkv * a.kv.block_size * hd;
 
@@ -127,6 +132,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const At
 }
 
 __global__ void attn_combine_kernel(const AttentionArgs a) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, hd = a.kv.head_dim;
   const float* P = a.partial + int64_t(blockIdx.x) * a.n_splits * (hd + 2);
   float M = -INFINITY;
@@ -147,6 +154,8 @@ constexpr int BQ = 16, BKV = 32, kPrefillThreads = 128;
 template <int HDP>
 __global__ void __launch_bounds__(kPrefillThreads) attn_prefill_kernel(const AttentionArgs a) {
   __shared__ float Qs[BQ][HDP + 1], Ks[BKV][HDP + 1], Vs[BKV][HDP], Ps[BQ][BKV + 1];
+  pdl_wait();
+  pdl_trigger();
   const int64_t seq = blockIdx.z, h = blockIdx.y;
   const int64_t nq = a.seq_nq[seq];
   if (int64_t(blockIdx.x) * BQ >= nq) return;
@@ -255,14 +264,14 @@ void attention_decode(const AttentionArgs& a, cudaStream_t s) {
   const dim3 grid(unsigned(a.n_splits), unsigned(a.kv.n_kv_heads), unsigned(a.n_tok));
   const unsigned th = kDecodeWarps * 32;
   switch ((a.kv.head_dim + 31) / 32) {
-    case 1: attn_decode_kernel<1><<<grid, th, 0, s>>>(a); break;
-    case 2: attn_decode_kernel<2><<<grid, th, 0, s>>>(a); break;
-    case 3: attn_decode_kernel<3><<<grid, th, 0, s>>>(a); break;
-    default: attn_decode_kernel<4><<<grid, th, 0, s>>>(a); break;
+    case 1: launch_pdl(attn_decode_kernel<1>, grid, dim3(th), 0, s, a); break;
+    case 2: launch_pdl(attn_decode_kernel<2>, grid, dim3(th), 0, s, a); break;
+    case 3: launch_pdl(attn_decode_kernel<3>, grid, dim3(th), 0, s, a); break;
+    default: launch_pdl(attn_decode_kernel<4>, grid, dim3(th), 0, s, a); break;
   }
   check_launch("attention_decode");
   if (a.n_splits > 1) {
-    attn_combine_kernel<<<unsigned(a.n_tok * a.n_heads), 128, 0, s>>>(a);
+    launch_pdl(attn_combine_kernel, dim3(unsigned(a.n_tok * a.n_heads)), dim3(128), 0, s, a);
     check_launch("attention_combine");
   }
 }

@@ -5,6 +5,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
 
 #include "kernels/cuda_kernels.h"
 
@@ -78,5 +81,40 @@ __device__ __forceinline__ float warp_max(float v) {
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
 inline unsigned blocks_for(int64_t n, int64_t per) { return unsigned((n + per - 1) / per); }
+
+// Programmatic dependent launch (Hopper): a kernel launched with launch_pdl() may start
+// while its predecessor is still running. Every kernel here therefore calls pdl_wait()
+// before it touches memory an earlier kernel writes (the GEMV first prefetches weights,
+// which nothing writes), and pdl_trigger() so that its own successor can start early.
+// Both are no-ops for a kernel launched the ordinary way.
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
+inline bool pdl_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("ANYBIT_CUDA_PDL");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
+
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shm, cudaStream_t s, Args&&... args) {
+  if (!pdl_enabled()) {
+    kernel<<<grid, block, shm, s>>>(std::forward<Args>(args)...);
+    return;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = shm;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "cudaLaunchKernelEx");
+}
 
 }  // namespace anybit::cuda::detail

@@ -28,6 +28,7 @@ namespace {
 using namespace detail;
 
 __global__ void silu_mul_kernel(const float* gu, int64_t m, int64_t n, float* out) {
+  pdl_wait();
   const int64_t total = m * n;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / n, c = i % n;
@@ -37,6 +38,7 @@ __global__ void silu_mul_kernel(const float* gu, int64_t m, int64_t n, float* ou
 }
 
 __global__ void silu_mul_pairs_kernel(const float* gu, int64_t m, int64_t n, float* out) {
+  pdl_wait();
   const int64_t total = m * n;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const float2 g = reinterpret_cast<const float2*>(gu)[i];  // row r, pair c sits at 2 * (r * n + c)
@@ -46,12 +48,16 @@ __global__ void silu_mul_pairs_kernel(const float* gu, int64_t m, int64_t n, flo
 
 template <DType D>
 __global__ void embed_kernel(const int32_t* tokens, const char* table, int64_t row_bytes, int64_t h, float* x) {
+  pdl_wait();
+  pdl_trigger();
   const char* row = table + int64_t(tokens[blockIdx.x]) * row_bytes;
   float* o = x + int64_t(blockIdx.x) * h;
   for (int64_t c = threadIdx.x; c < h; c += blockDim.x) o[c] = Elt<D>::at(row, c);
 }
 
 __global__ void gather_kernel(const float* x, const int32_t* rows, int64_t n, float* out) {
+  pdl_wait();
+  pdl_trigger();
   const float* src = x + int64_t(rows[blockIdx.x]) * n;
   float* o = out + int64_t(blockIdx.x) * n;
   for (int64_t c = threadIdx.x; c < n; c += blockDim.x) o[c] = src[c];
@@ -60,6 +66,7 @@ __global__ void gather_kernel(const float* x, const int32_t* rows, int64_t n, fl
 __global__ void __launch_bounds__(256) argmax_kernel(const float* x, int64_t n, int32_t* out) {
   __shared__ float s_v[8];
   __shared__ int64_t s_i[8];
+  pdl_wait();
   const float* row = x + int64_t(blockIdx.x) * n;
   float best = -FLT_MAX;
   int64_t bi = n;  // "none yet": loses every tie
@@ -112,7 +119,7 @@ void embed(const int32_t* tokens, int64_t n_tok, const DeviceWeight& t, float* x
 
 void gather_rows(const float* x, const int32_t* rows, int64_t n_rows, int64_t n, float* out, cudaStream_t s) {
   if (n_rows <= 0) return;
-  gather_kernel<<<unsigned(n_rows), 256, 0, s>>>(x, rows, n, out);
+  launch_pdl(gather_kernel, dim3(unsigned(n_rows)), dim3(256), 0, s, x, rows, n, out);
   check_launch("gather_rows");
 }
 

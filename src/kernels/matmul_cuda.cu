@@ -97,6 +97,8 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
     if (n < p.N && c < p.K) raw[u] = load_stream(wrow + c * E::kBytes);
   }
 
+  pdl_wait();  // x, y and the norm are written by earlier kernels; the weights are not
+  pdl_trigger();
   float inv[M];
 #pragma unroll
   for (int i = 0; i < M; ++i) inv[i] = 1.0f;
@@ -232,11 +234,11 @@ template <DType D, int M, bool PAIR>
 void launch_gemv_m(const GemvParams& p, InputOp op, unsigned grid, cudaStream_t s) {
   const size_t shm = p.stage ? size_t(M) * size_t(p.K) * sizeof(float) : 0;
   switch (op) {
-    case InputOp::None: gemv_kernel<D, M, InputOp::None, PAIR><<<grid, kThreads, shm, s>>>(p); break;
-    case InputOp::RmsNorm: gemv_kernel<D, M, InputOp::RmsNorm, PAIR><<<grid, kThreads, shm, s>>>(p); break;
+    case InputOp::None: launch_pdl(gemv_kernel<D, M, InputOp::None, PAIR>, grid, kThreads, shm, s, p); break;
+    case InputOp::RmsNorm: launch_pdl(gemv_kernel<D, M, InputOp::RmsNorm, PAIR>, grid, kThreads, shm, s, p); break;
     case InputOp::SiluMul:
       if constexpr (PAIR) fail("CUDA gemv: SiLU input and SiLU pairs do not combine");
-      else gemv_kernel<D, M, InputOp::SiluMul, false><<<grid, kThreads, shm, s>>>(p);
+      else launch_pdl(gemv_kernel<D, M, InputOp::SiluMul, false>, grid, kThreads, shm, s, p);
       break;
   }
 }
@@ -264,6 +266,8 @@ constexpr int BM = 64, BN = 64, BK = 16;
 template <DType D>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemvParams p) {
   using E = Elt<D>;
+  pdl_wait();
+  pdl_trigger();
   __shared__ __align__(16) float As[BK][BM + 4];
   __shared__ __align__(16) float Bs[BK][BN + 4];
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -312,6 +316,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemvParams p) {
 
 #ifdef ANYBIT_WITH_CUBLAS
 __global__ void split_bf16_kernel(const float* x, int64_t m, int64_t K, int64_t ldx, __nv_bfloat16* out) {
+  pdl_wait();
   const int64_t total = m * K;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e / K, c = e % K;
@@ -324,6 +329,7 @@ __global__ void split_bf16_kernel(const float* x, int64_t m, int64_t K, int64_t 
 
 __global__ void combine_split_kernel(const float* c, int64_t m, int64_t n, const float* bias, int accumulate, float* y,
                                      int64_t ldy) {
+  pdl_wait();
   const int64_t total = m * n;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e / n, j = e % n;
@@ -438,7 +444,9 @@ void gemv(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
   const int max_wpr = a.silu_pairs ? kWarps / 2 : kWarps;  // a block must hold whole gate/up pairs
   while (p.wpr < max_wpr && w.rows * p.wpr / kWarps < 2 * sm_count()) p.wpr *= 2;
   const int64_t rounded_m = a.m <= 1 ? 1 : a.m <= 2 ? 2 : 4;
-  p.stage = rounded_m * w.cols * int64_t(sizeof(float)) <= 48 * 1024 ? 1 : 0;
+  // Staging pays for a transform (norm, SiLU) computed once per block instead of per row;
+  // plain x is read straight from L1/L2.
+  p.stage = a.op != InputOp::None && rounded_m * w.cols * int64_t(sizeof(float)) <= 48 * 1024 ? 1 : 0;
   const unsigned grid = blocks_for(w.rows, kWarps / p.wpr);
   const bool pair = a.silu_pairs;
   switch (w.dtype) {

@@ -9,6 +9,8 @@ using namespace detail;
 __global__ void __launch_bounds__(256) rmsnorm_kernel(const float* x, int64_t ldx, const float* w, int64_t n,
                                                       float eps, float* out, int64_t ldo) {
   __shared__ float s_part[8];
+  pdl_wait();
+  pdl_trigger();
   const float* xr = x + int64_t(blockIdx.x) * ldx;
   float* o = out + int64_t(blockIdx.x) * ldo;
   float ss = 0.0f;

@@ -8,6 +8,8 @@ namespace anybit::cuda {
 namespace {
 
 __global__ void rope_kv_kernel(const RopeKVArgs a) {
+  detail::pdl_wait();
+  detail::pdl_trigger();
   const int64_t t = blockIdx.x;
   const int64_t hd = a.kv.head_dim, half = hd / 2, nkv = a.kv.n_kv_heads;
   float* row = a.qkv + t * a.ld;
@@ -41,7 +43,7 @@ __global__ void rope_kv_kernel(const RopeKVArgs a) {
 
 void rope_kv_write(const RopeKVArgs& a, cudaStream_t s) {
   if (a.n_tok <= 0) return;
-  rope_kv_kernel<<<unsigned(a.n_tok), 128, 0, s>>>(a);
+  detail::launch_pdl(rope_kv_kernel, dim3(unsigned(a.n_tok)), dim3(128), 0, s, a);
   check_launch("rope_kv_write");
 }
 
