@@ -147,6 +147,7 @@ TEST(ChatTemplate, ChatMLDefault) {
             "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
   EXPECT_EQ(render_chat(default_chatml(), msgs, false, "", ""),
             "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n");
+  EXPECT_EQ(ChatTemplate::default_chatml().render(msgs, true, "", ""), render_chat(default_chatml(), msgs, true, "", ""));
   // tiny-llama ships no template: the fallback is ChatML.
   const Tokenizer tok = Tokenizer::from_hf_json_file(std::string(ANYBIT_SHARED_DIR) + "/models/tiny-llama/tokenizer.json");
   EXPECT_EQ(ChatTemplate::for_tokenizer(tok).render({{"user", "U"}}, true, "", ""),

@@ -25,9 +25,11 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
 }
 
 ChatTemplate ChatTemplate::for_tokenizer(const Tokenizer& tok) {
-  if (tok.chat_template().empty()) return ChatTemplate(default_chatml(), "default ChatML template");
+  if (tok.chat_template().empty()) return default_chatml();
   return ChatTemplate(tok.chat_template(), "chat template");
 }
+
+ChatTemplate ChatTemplate::default_chatml() { return ChatTemplate(::anybit::default_chatml(), "default ChatML template"); }
 
 std::string render_chat(const std::string& template_source, const std::vector<ChatMessage>& messages,
                         bool add_generation_prompt, const std::string& bos_token, const std::string& eos_token) {

@@ -29,8 +29,10 @@ class ChatTemplate {
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                      const std::string& bos_token, const std::string& eos_token) const;
 
-  // The tokenizer's template, or default_chatml() when it has none.
+  // The tokenizer's template, or ChatML when it has none.
   static ChatTemplate for_tokenizer(const Tokenizer& tok);
+  // The parsed ChatML template (source: the free function default_chatml()).
+  static ChatTemplate default_chatml();
 
  private:
   std::unique_ptr<jinja::Template> tmpl_;
