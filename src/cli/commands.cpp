@@ -19,6 +19,7 @@ void register_commands(CLI::App& app) {
   register_perplexity(app);
   register_bench(app);
   register_convert(app);
+  register_quantize(app);
 }
 
 int run_selected(CLI::App& app) {

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "formats/gguf_model.h"
+#include "formats/quant_checkpoint.h"
 #include "formats/safetensors.h"
 
 namespace anybit {
@@ -20,6 +21,7 @@ void prefault(const TensorStore& store, const LoadProgress& progress) {
   size_t done = 0;
   volatile uint8_t sink = 0;
   for (const auto& [_, t] : store.all()) {
+    if (t.dtype == DType::QBITS) continue;  // data is a QuantizedWeight already in memory
     const auto* p = static_cast<const uint8_t*>(t.data);
     for (size_t off = 0; off < t.nbytes; off += 4096) sink ^= p[off];
     done += t.nbytes;
@@ -64,7 +66,7 @@ ModelFiles load_model_files(const std::string& path, const LoadProgress& progres
   std::error_code ec;
   ModelFiles m;
   if (fs::is_directory(path, ec)) {
-    m = load_hf_folder(path);
+    m = is_quant_checkpoint(path) ? load_quant_folder(path) : load_hf_folder(path);
   } else if (fs::is_regular_file(path, ec)) {
     m = load_gguf(path);
   } else {

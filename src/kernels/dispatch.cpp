@@ -18,6 +18,8 @@ std::string_view isa_name(Isa isa) {
   return "?";
 }
 
+namespace scalar { void matmul_qbits(const float* x, int64_t m, const WeightMatrix& w, float* y); }
+
 namespace {
 
 bool cpu_supports(Isa isa) {
@@ -41,6 +43,7 @@ KernelTable make_scalar() {
   t.isa = Isa::Scalar;
   for (DType d : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0})
     t.matmul[int(d)] = scalar::matmul;
+  t.matmul[int(DType::QBITS)] = scalar::matmul_qbits;  // kernels/matmul_qbits_scalar.cpp
   t.rmsnorm = scalar::rmsnorm;
   t.silu_mul = scalar::silu_mul;
   return t;

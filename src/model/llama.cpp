@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "kernels/attention.h"
 #include "kernels/rope.h"
+#include "quant/quantized_weight.h"
 
 namespace anybit {
 
@@ -47,6 +48,10 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, std::shared_ptr<const TensorStore
   auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
     const TensorView& t = w.get(name, {rows, cols});
     check_matrix_dtype(t, origin);
+    if (t.dtype == DType::QBITS) {  // data is a QuantizedWeight (quant/quantized_weight.h)
+      const auto* q = static_cast<const QuantizedWeight*>(t.data);
+      if (!q || q->rows != rows || q->cols != cols) fail("{}: quantized tensor {} is not {}x{}", origin, name, rows, cols);
+    }
     return WeightMatrix{t.dtype, rows, cols, t.data};
   };
   auto vec = [&](const std::string& name, int64_t n) { return to_f32(w.get(name, {n})); };

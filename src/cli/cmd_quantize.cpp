@@ -1,0 +1,82 @@
+// `anybit quantize`: any-bit (2..8) group quantization of a model into an anybit
+// quantized folder (docs/QUANTIZATION.md, docs/FORMAT.md).
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/mapped_file.h"
+#include "formats/model_loader.h"
+#include "formats/quant_checkpoint.h"
+#include "quant/quantize_model.h"
+
+namespace anybit::cli {
+
+namespace {
+
+struct QuantizeArgs {
+  std::string model, out, calib, scale_dtype = "f16";
+  quant::QuantizeOptions opts;
+  bool sym = false, asym = false, no_sequential = false, act_order = true;
+};
+
+int run_quantize(QuantizeArgs& a) {
+  quant::QuantizeOptions o = a.opts;
+  if (a.sym && a.asym) fail("--sym and --asym exclude each other");
+  o.asym = a.asym;
+  o.sequential = !a.no_sequential;
+  o.gptq.act_order = a.act_order;
+  if (a.scale_dtype == "f16") o.scale_dtype = DType::F16;
+  else if (a.scale_dtype == "bf16") o.scale_dtype = DType::BF16;
+  else if (a.scale_dtype == "f32") o.scale_dtype = DType::F32;
+  else fail("--scale-dtype must be f16, bf16 or f32 (got '{}')", a.scale_dtype);
+  if (!a.calib.empty()) {
+    o.calib_text = read_text_file(a.calib);
+    o.calib_origin = a.calib;
+  }
+  const std::string in_path = model_path_or_default(a.model);
+  if (is_quant_checkpoint(in_path)) fail("{}: already quantized; quantize the original model", in_path);
+  ModelFiles m = load_model_files(in_path);
+  quant::QuantizeResult r = quant::quantize_model(m, o);
+  QuantWriteOptions w;
+  w.scale_dtype = o.scale_dtype;
+  w.summary = r.summary;
+  w.summary["source"] = in_path;
+  std::error_code ec;
+  if (std::filesystem::is_directory(in_path, ec)) w.tokenizer_source = in_path;
+  write_quant_folder(a.out, m.config, *r.weights, m.tokenizer, w);
+  spdlog::info("wrote {}: {} matrices, {:.4f} bits per weight in the linear layers", a.out, r.matrices.size(),
+               r.linear_bpw);
+  return 0;
+}
+
+}  // namespace
+
+void register_quantize(CLI::App& app) {
+  auto* a = new QuantizeArgs();
+  auto& o = a->opts;
+  auto* sub = app.add_subcommand("quantize", "Quantize a model's linear layers to 2..8 bits");
+  sub->add_option("-m,--model", a->model, "HF model folder or GGUF file (default: embedded model)");
+  sub->add_option("-o,--output", a->out, "Output folder")->required();
+  sub->add_option("--bits", o.bits, "Weight bits, 2..8 (uniform; see --target-bpw)")->check(CLI::Range(2, 8));
+  sub->add_option("--group", o.group, "Weights per scale: 32, 64 or 128")->check(CLI::IsMember({32, 64, 128}));
+  sub->add_flag("--sym", a->sym, "Symmetric groups (default)");
+  sub->add_flag("--asym", a->asym, "Asymmetric groups (a zero point per group)");
+  sub->add_option("--calib", a->calib, "Calibration text file (never the evaluation text)");
+  sub->add_option("--calib-tokens", o.calib_tokens, "Calibration tokens to use")->check(CLI::PositiveNumber);
+  sub->add_option("--calib-ctx", o.calib_ctx, "Calibration window length")->check(CLI::Range(int64_t(16), int64_t(1) << 20));
+  sub->add_option("--quantizer", o.method, "auto, rtn, rtn-clip, awq, gptq, awq-gptq (auto: gptq with --calib, else rtn-clip)");
+  sub->add_option("--target-bpw", o.target_bpw, "Mixed precision: average bits per weight of the linear layers");
+  sub->add_option("--min-bits", o.min_bits, "Smallest width for --target-bpw")->check(CLI::Range(2, 8));
+  sub->add_option("--max-bits", o.max_bits, "Largest width for --target-bpw")->check(CLI::Range(2, 8));
+  sub->add_option("--act-bits", o.act_bits, "8 = dynamic per-token int8 activations (W*A8); 0 = fp32")->check(CLI::IsMember({0, 8}));
+  sub->add_option("--lm-head-bits", o.lm_head_bits, "lm_head width (0 keeps it as stored)")->check(CLI::Range(0, 8));
+  sub->add_option("--scale-dtype", a->scale_dtype, "On-disk scales and zeros: f16, bf16, f32");
+  sub->add_flag("--no-sequential", a->no_sequential, "Calibrate every layer on the unquantized model");
+  sub->add_option("--act-order", a->act_order, "GPTQ: round columns by decreasing activation energy (1/0)");
+  sub->add_option("--awq-grid", o.awq_grid, "AWQ: alpha grid points")->check(CLI::Range(1, 100));
+  add_command(sub, [a] { return run_quantize(*a); });
+}
+
+}  // namespace anybit::cli

@@ -1,0 +1,156 @@
+#include "quant/calibration.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "kernels/dispatch.h"
+#include "model/llama.h"
+
+namespace anybit::quant {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+// Thrown by the observer to end a forward early; never escapes this file.
+struct StopForward {};
+
+}  // namespace
+
+void InputStats::add(const float* x, int64_t m, int64_t kk, bool with_hessian) {
+  if (k == 0) {
+    k = kk;
+    abs_sum.assign(size_t(k), 0.0);
+    sq_sum.assign(size_t(k), 0.0);
+  }
+  if (kk != k) fail("calibration: input width changed from {} to {}", k, kk);
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t c = 0; c < k; ++c) {
+      const double v = x[t * k + c];
+      abs_sum[size_t(c)] += std::fabs(v);
+      sq_sum[size_t(c)] += v * v;
+    }
+  n += m;
+  if (!with_hessian) return;
+  if (xtx.empty()) xtx.assign(size_t(k * k), 0.0);
+  // X^T X through the matmul kernel: rows of X^T against rows of X^T.
+  std::vector<float> xt(size_t(k * m)), prod(size_t(k * k));
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t c = 0; c < k; ++c) xt[size_t(c * m + t)] = x[t * k + c];
+  matmul(xt.data(), k, WeightMatrix{DType::F32, k, m, xt.data()}, prod.data());
+  for (size_t i = 0; i < prod.size(); ++i) xtx[i] += double(prod[i]);
+}
+
+std::vector<float> InputStats::mean_abs() const {
+  std::vector<float> v(static_cast<size_t>(k));
+  for (int64_t c = 0; c < k; ++c) v[size_t(c)] = n ? float(abs_sum[size_t(c)] / double(n)) : 0.0f;
+  return v;
+}
+
+std::vector<float> InputStats::second_moment() const {
+  std::vector<float> v(static_cast<size_t>(k));
+  for (int64_t c = 0; c < k; ++c) v[size_t(c)] = n ? float(sq_sum[size_t(c)] / double(n)) : 0.0f;
+  return v;
+}
+
+std::vector<float> InputStats::hessian() const {
+  std::vector<float> h(xtx.size());
+  for (size_t i = 0; i < h.size(); ++i) h[i] = n ? float(xtx[i] / double(n)) : 0.0f;
+  return h;
+}
+
+std::string input_site(const std::string& w) {
+  for (const char* s : {"self_attn.k_proj.weight", "self_attn.v_proj.weight"})
+    if (ends_with(w, s)) return w.substr(0, w.size() - std::string(s).size()) + "self_attn.q_proj.weight";
+  if (ends_with(w, "mlp.up_proj.weight"))
+    return w.substr(0, w.size() - std::string("mlp.up_proj.weight").size()) + "mlp.gate_proj.weight";
+  return w;
+}
+
+std::vector<std::vector<int32_t>> calibration_windows(const Tokenizer& tok, const std::string& text, int64_t ctx,
+                                                      int64_t max_tokens, const std::string& origin) {
+  if (ctx < 2) fail("{}: calibration window must be at least 2 tokens", origin);
+  const std::vector<int32_t> ids = tok.encode(text, false);
+  std::vector<std::vector<int32_t>> w;
+  // ctx + 1 tokens per window so that every fed token has a next token to score.
+  for (size_t s = 0; s + size_t(ctx) + 1 <= ids.size() && int64_t(w.size() + 1) * ctx <= max_tokens; s += size_t(ctx))
+    w.emplace_back(ids.begin() + long(s), ids.begin() + long(s + size_t(ctx) + 1));
+  if (w.empty())
+    fail("{}: calibration text has {} tokens, fewer than one window of {} (+1)", origin, ids.size(), ctx);
+  return w;
+}
+
+namespace {
+
+template <typename F>
+void run_batches(const ModelConfig& cfg, LlamaModel& model, const std::vector<std::vector<int32_t>>& windows,
+                 int64_t batch_windows, bool all_logits, F&& on_output) {
+  const int64_t bw = std::max<int64_t>(1, batch_windows);
+  int64_t longest = 0;
+  for (const auto& w : windows) longest = std::max<int64_t>(longest, int64_t(w.size()));
+  const int64_t block = 16;
+  KVCache kv(cfg, bw * ((longest + block - 1) / block + 1), block);
+  ForwardOutput out;
+  for (size_t b = 0; b < windows.size(); b += size_t(bw)) {
+    const size_t e = std::min(windows.size(), b + size_t(bw));
+    std::vector<SequenceKV> seqs(e - b);
+    std::vector<BatchEntry> batch;
+    for (size_t i = b; i < e; ++i)
+      batch.push_back(BatchEntry{&seqs[i - b], windows[i].data(), int64_t(windows[i].size()) - 1, all_logits});
+    bool stopped = false;
+    try {
+      model.forward(batch, kv, out);
+    } catch (const StopForward&) {
+      stopped = true;
+    } catch (...) {
+      for (auto& s : seqs) kv.release(s);
+      throw;
+    }
+    for (auto& s : seqs) kv.release(s);
+    if (!stopped) on_output(b, e, out);
+  }
+}
+
+}  // namespace
+
+void collect_input_stats(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
+                         const std::vector<std::vector<int32_t>>& windows, const CollectOptions& opts,
+                         std::map<std::string, InputStats>& out) {
+  LlamaModel model(cfg, std::move(weights));
+  model.set_observer([&](const std::string& name, const float* x, int64_t m, int64_t k) {
+    if (opts.sites.count(name)) out[name].add(x, m, k, opts.hessian);
+    if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
+  });
+  run_batches(cfg, model, windows, opts.batch_windows, false, [](size_t, size_t, const ForwardOutput&) {});
+}
+
+double calibration_nll(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
+                       const std::vector<std::vector<int32_t>>& windows, int64_t batch_windows) {
+  LlamaModel model(cfg, std::move(weights));
+  double nll = 0.0;
+  int64_t scored = 0;
+  run_batches(cfg, model, windows, batch_windows, true, [&](size_t b, size_t e, const ForwardOutput& out) {
+    for (size_t i = b; i < e; ++i) {
+      const auto& w = windows[i];
+      const int64_t len = int64_t(w.size()) - 1;
+      double part = 0.0;
+#pragma omp parallel for reduction(+ : part) schedule(static)
+      for (int64_t t = 0; t < len; ++t) {
+        const float* row = out.row(i - b, t);
+        float mx = row[0];
+        for (int64_t v = 1; v < out.vocab; ++v) mx = std::max(mx, row[v]);
+        double sum = 0.0;
+        for (int64_t v = 0; v < out.vocab; ++v) sum += std::exp(double(row[v] - mx));
+        part += double(mx) + std::log(sum) - double(row[w[size_t(t + 1)]]);
+      }
+      nll += part;
+      scored += len;
+    }
+  });
+  return scored ? nll / double(scored) : 0.0;
+}
+
+}  // namespace anybit::quant

@@ -1,0 +1,60 @@
+// Calibration: statistics of the inputs each linear layer sees while the model runs
+// over calibration text (LlamaModel::set_observer), and the model's mean NLL on it.
+// Only calibration text goes through here; validation text never does.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "formats/tensor_store.h"
+#include "model/config.h"
+#include "tokenizer/tokenizer.h"
+
+namespace anybit::quant {
+
+// Statistics of one input site (the input shared by q/k/v, by gate/up, ...).
+struct InputStats {
+  int64_t k = 0;
+  int64_t n = 0;                 // tokens accumulated
+  std::vector<double> abs_sum;   // sum_t |x_tc|
+  std::vector<double> sq_sum;    // sum_t x_tc^2
+  std::vector<double> xtx;       // sum_t x_t x_t^T (k x k), only when collected
+
+  void add(const float* x, int64_t m, int64_t k, bool with_hessian);
+  std::vector<float> mean_abs() const;       // E|x_c|
+  std::vector<float> second_moment() const;  // E[x_c^2]
+  std::vector<float> hessian() const;        // E[x x^T] as fp32 (empty when not collected)
+  bool has_hessian() const { return !xtx.empty(); }
+};
+
+// The weight whose input site `weight` reads: k/v_proj -> q_proj, up_proj -> gate_proj,
+// everything else itself.
+std::string input_site(const std::string& weight);
+
+// Calibration text cut into windows of `ctx` tokens (no BOS, like perplexity), at most
+// `max_tokens` tokens in all. Throws if the text yields no full window.
+std::vector<std::vector<int32_t>> calibration_windows(const Tokenizer& tok, const std::string& text, int64_t ctx,
+                                                      int64_t max_tokens, const std::string& origin);
+
+struct CollectOptions {
+  std::set<std::string> sites;   // input sites to collect (input_site names)
+  bool hessian = true;
+  // Stop each forward once this weight's input has been seen (skips the rest of the
+  // model); "" runs to the end.
+  std::string stop_after;
+  int64_t batch_windows = 4;
+};
+
+// Runs the model over `windows` and accumulates the requested sites into `out`.
+void collect_input_stats(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
+                         const std::vector<std::vector<int32_t>>& windows, const CollectOptions& opts,
+                         std::map<std::string, InputStats>& out);
+
+// Mean next-token NLL over `windows` (each scored like perplexity does).
+double calibration_nll(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
+                       const std::vector<std::vector<int32_t>>& windows, int64_t batch_windows = 4);
+
+}  // namespace anybit::quant

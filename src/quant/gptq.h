@@ -1,0 +1,26 @@
+// GPTQ-style quantization: columns are rounded one at a time and each rounding error is
+// compensated on the columns not yet rounded, using the inverse of H = E[x x^T] from
+// calibration (optimal brain surgeon updates, computed through the upper Cholesky
+// factor of H^-1). Group parameters come from the clipping search (group_quant.h).
+#pragma once
+#include <cstdint>
+
+#include "quant/group_quant.h"
+
+namespace anybit::quant {
+
+struct GptqOptions {
+  float damp = 0.01f;      // added to H's diagonal, relative to its mean
+  int block = 128;         // columns per lazy-update block (a multiple of the group)
+  bool act_order = true;   // round columns in decreasing E[x_c^2] order
+  // Group parameters fixed up front from the unmodified weights (always so with
+  // act_order); otherwise each group's parameters are chosen when its first column is
+  // reached, from the already-compensated weights.
+  bool static_groups = false;
+};
+
+// w: rows x cols fp32; h: cols x cols E[x x^T] (symmetric). Multi-threaded.
+QuantizedWeight quantize_gptq(const float* w, int64_t rows, int64_t cols, const MatrixOptions& o, const float* h,
+                              const GptqOptions& g);
+
+}  // namespace anybit::quant

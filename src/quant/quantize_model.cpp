@@ -1,0 +1,356 @@
+#include "quant/quantize_model.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "formats/quant_checkpoint.h"
+#include "quant/awq.h"
+#include "quant/bpw_alloc.h"
+#include "quant/calibration.h"
+#include "quant/objective.h"
+
+namespace anybit::quant {
+
+namespace {
+
+const char* const kLinear[7] = {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                                "self_attn.o_proj.weight", "mlp.gate_proj.weight",    "mlp.up_proj.weight",
+                                "mlp.down_proj.weight"};
+
+struct Matrix {
+  std::string name;
+  int64_t layer = -1;
+  int64_t rows = 0, cols = 0;
+  int bits = 0;
+};
+
+// Calibration statistics of one input site, in the forms the quantizers take.
+struct SiteStats {
+  std::vector<float> mean_abs, second_moment, h;
+};
+
+SiteStats site_stats(const InputStats& s) { return {s.mean_abs(), s.second_moment(), s.hessian()}; }
+
+std::vector<float> matrix_f32(const TensorView& t) {
+  if (t.shape.size() != 2) fail("tensor {} is not a matrix", t.name);
+  if (t.dtype == DType::QBITS) fail("tensor {} is already quantized; quantize the original model", t.name);
+  const int64_t rows = t.shape[0], cols = t.shape[1];
+  std::vector<float> out(size_t(rows * cols));
+  const size_t rb = dtype_row_bytes(t.dtype, cols);
+  for (int64_t r = 0; r < rows; ++r)
+    dequantize_row(t.dtype, static_cast<const uint8_t*>(t.data) + size_t(r) * rb, out.data() + r * cols, cols);
+  return out;
+}
+
+// A store with the input's tensors, some replaced by fp32 buffers (quantized weights
+// dequantized, so calibration forwards see the quantized model at fp32 kernel speed).
+std::shared_ptr<TensorStore> with_replacements(const std::shared_ptr<TensorStore>& in,
+                                               const std::map<std::string, std::shared_ptr<std::vector<float>>>& repl) {
+  auto s = std::make_shared<TensorStore>();
+  s->set_origin(in->origin());
+  s->keep_alive(std::shared_ptr<MappedFile>(in, nullptr));
+  for (const auto& [name, t] : in->all()) {
+    auto it = repl.find(name);
+    if (it == repl.end()) {
+      s->add(t);
+      continue;
+    }
+    TensorView v = t;
+    v.dtype = DType::F32;
+    v.data = it->second->data();
+    v.nbytes = it->second->size() * 4;
+    s->add(std::move(v));
+    s->keep_alive(std::shared_ptr<MappedFile>(it->second, nullptr));
+  }
+  return s;
+}
+
+struct OneResult {
+  QuantizedWeight q;
+  float alpha = 0.0f;
+};
+
+OneResult quantize_one(const std::string& method, const std::vector<float>& w, int64_t rows, int64_t cols,
+                       const MatrixOptions& mo, const SiteStats* st, const QuantizeOptions& o) {
+  OneResult r;
+  const float* cw = st ? st->second_moment.data() : nullptr;
+  const float* h = st && !st->h.empty() ? st->h.data() : nullptr;
+  if (method == "rtn" || method == "rtn-clip") {
+    MatrixOptions m = mo;
+    m.search = method == "rtn-clip";
+    r.q = quantize_rtn(w.data(), rows, cols, m, cw);
+    return r;
+  }
+  if (!st) fail("quantizer {} needs calibration text (--calib)", method);
+  AwqOptions ao;
+  ao.grid = o.awq_grid;
+  auto rtn_inner = [&](const std::vector<float>& ws, const float* cws, const float*) {
+    return quantize_rtn(ws.data(), rows, cols, mo, cws);
+  };
+  if (method == "awq") {
+    AwqResult a = search_awq(w.data(), rows, cols, st->mean_abs, st->second_moment, h, ao, rtn_inner);
+    r.q = std::move(a.q);
+    r.q.quantizer = "awq";
+    r.alpha = a.alpha;
+    return r;
+  }
+  if (method == "gptq") {
+    r.q = quantize_gptq(w.data(), rows, cols, mo, h, o.gptq);
+    return r;
+  }
+  if (method == "awq-gptq") {
+    // alpha from the cheap rounding search, then GPTQ on the scaled matrix; plain GPTQ
+    // is kept when it is better on the calibration objective.
+    AwqResult a = search_awq(w.data(), rows, cols, st->mean_abs, st->second_moment, h, ao, rtn_inner);
+    r.q = quantize_gptq(w.data(), rows, cols, mo, h, o.gptq);
+    if (a.alpha > 0.0f) {
+      const std::vector<float> s = awq_scales(st->mean_abs, a.alpha);
+      std::vector<float> hs(size_t(cols * cols));
+      for (int64_t i = 0; i < cols; ++i)
+        for (int64_t j = 0; j < cols; ++j) hs[size_t(i * cols + j)] = h[i * cols + j] / (s[size_t(i)] * s[size_t(j)]);
+      QuantizedWeight qs = quantize_gptq(scale_columns(w.data(), rows, cols, s).data(), rows, cols, mo, hs.data(), o.gptq);
+      qs.input_scale = s;
+      if (awq_objective(w.data(), qs, st->second_moment, h) < awq_objective(w.data(), r.q, st->second_moment, h)) {
+        r.q = std::move(qs);
+        r.alpha = a.alpha;
+      }
+    }
+    r.q.quantizer = "awq-gptq";
+    return r;
+  }
+  fail("unknown quantizer '{}' (rtn, rtn-clip, awq, gptq, awq-gptq)", method);
+}
+
+double relative_error(const std::vector<float>& w, const QuantizedWeight& q, const SiteStats* st) {
+  const float* h = st && !st->h.empty() ? st->h.data() : nullptr;
+  const double e = st ? awq_objective(w.data(), q, st->second_moment, h) : output_error(w.data(), q, nullptr);
+  double energy = 0.0;
+  if (st && h) {
+    energy = output_error_of_delta(w.data(), q.rows, q.cols, h);
+  } else {
+    for (int64_t r = 0; r < q.rows; ++r)
+      for (int64_t c = 0; c < q.cols; ++c) {
+        const double v = w[size_t(r * q.cols + c)];
+        energy += (st ? double(st->second_moment[size_t(c)]) : 1.0) * v * v;
+      }
+  }
+  return energy > 0.0 ? e / energy : 0.0;
+}
+
+std::vector<std::string> layer_sites(int64_t l) {
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  return {p + "self_attn.q_proj.weight", p + "self_attn.o_proj.weight", p + "mlp.gate_proj.weight",
+          p + "mlp.down_proj.weight"};
+}
+
+MatrixOptions matrix_options(const QuantizeOptions& o, int bits) {
+  MatrixOptions m;
+  m.bits = bits;
+  m.group = o.group;
+  m.asym = o.asym;
+  m.meta = o.scale_dtype;
+  m.act_bits = o.act_bits;
+  return m;
+}
+
+}  // namespace
+
+std::string resolve_method(const QuantizeOptions& o) {
+  if (o.method != "auto") return o.method;
+  return o.calib_text.empty() ? "rtn-clip" : "gptq";
+}
+
+QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
+  const std::string method = resolve_method(o);
+  const bool calib = !o.calib_text.empty();
+  if (method != "rtn" && method != "rtn-clip" && method != "awq" && method != "gptq" && method != "awq-gptq")
+    fail("unknown quantizer '{}' (rtn, rtn-clip, awq, gptq, awq-gptq)", method);
+  if (!calib && method != "rtn" && method != "rtn-clip") fail("quantizer {} needs calibration text (--calib)", method);
+  if (o.target_bpw > 0.0 && !calib) fail("--target-bpw needs calibration text (--calib) to measure sensitivity");
+  if (o.lm_head_bits != 0 && (o.lm_head_bits < 2 || o.lm_head_bits > 8))
+    fail("--lm-head-bits must be 0 (keep) or 2..8 (got {})", o.lm_head_bits);
+  const ModelConfig& cfg = in.config;
+  const TensorStore& src = *in.weights;
+
+  std::vector<Matrix> mats;
+  for (int64_t l = 0; l < cfg.n_layers; ++l)
+    for (const char* n : kLinear) {
+      Matrix m;
+      m.name = "model.layers." + std::to_string(l) + "." + n;
+      m.layer = l;
+      const TensorView& t = src.get(m.name);
+      if (t.shape.size() != 2) fail("{}: tensor {} is not a matrix", src.origin(), m.name);
+      m.rows = t.shape[0];
+      m.cols = t.shape[1];
+      m.bits = o.bits;
+      check_matrix_options(matrix_options(o, o.bits), m.rows, m.cols, src.origin() + ": " + m.name);
+      mats.push_back(m);
+    }
+
+  std::vector<std::vector<int32_t>> windows;
+  if (calib) {
+    windows = calibration_windows(in.tokenizer, o.calib_text, o.calib_ctx, o.calib_tokens, o.calib_origin);
+    spdlog::info("calibration: {} windows of {} tokens from {}", windows.size(), o.calib_ctx, o.calib_origin);
+  }
+  std::map<std::string, InputStats> fp_stats;
+  auto collect_all = [&]() {
+    if (!fp_stats.empty()) return;
+    CollectOptions co;
+    for (int64_t l = 0; l < cfg.n_layers; ++l)
+      for (const auto& s : layer_sites(l)) co.sites.insert(s);
+    ProgressBar bar("calibrating", o.progress);
+    bar.update(0, 1);
+    collect_input_stats(cfg, in.weights, windows, co, fp_stats);
+    bar.finish();
+  };
+
+  QuantizeResult res;
+  res.summary = nlohmann::json::object();
+  if (o.target_bpw > 0.0) {
+    // Sensitivity: output error at every width (cheap), and one measured calibration
+    // loss increase per matrix at the reference width to turn error into loss.
+    collect_all();
+    const int ref = std::clamp(int(std::floor(o.target_bpw)), o.min_bits, o.max_bits);
+    const size_t nsens = size_t(std::max<int64_t>(1, o.sensitivity_tokens / o.calib_ctx));
+    std::vector<std::vector<int32_t>> sens(windows.begin(), windows.begin() + long(std::min(nsens, windows.size())));
+    const double base = calibration_nll(cfg, in.weights, sens);
+    std::vector<AllocItem> items(mats.size());
+    const int nw = o.max_bits - o.min_bits + 1;
+    ProgressBar bar("sensitivity", o.progress);
+    for (size_t i = 0; i < mats.size(); ++i) {
+      const Matrix& m = mats[i];
+      const SiteStats st = site_stats(fp_stats.at(input_site(m.name)));
+      const std::vector<float> w = matrix_f32(src.get(m.name));
+      items[i].numel = m.rows * m.cols;
+      items[i].cost.resize(size_t(nw));
+      std::vector<double> err(static_cast<size_t>(nw));
+      std::shared_ptr<std::vector<float>> ref_w;
+      for (int b = o.min_bits; b <= o.max_bits; ++b) {
+        const QuantizedWeight q = quantize_rtn(w.data(), m.rows, m.cols, matrix_options(o, b), st.second_moment.data());
+        err[size_t(b - o.min_bits)] = awq_objective(w.data(), q, st.second_moment, st.h.data());
+        if (b == ref) ref_w = std::make_shared<std::vector<float>>(effective_weight(q));
+      }
+      const double loss = calibration_nll(cfg, with_replacements(in.weights, {{m.name, ref_w}}), sens) - base;
+      const double e_ref = err[size_t(ref - o.min_bits)];
+      // A measured decrease is noise around zero: keep a small positive sensitivity.
+      const double gain = e_ref > 0.0 ? std::max(loss, 1e-6) / e_ref : 0.0;
+      for (int b = 0; b < nw; ++b) items[i].cost[size_t(b)] = gain * err[size_t(b)];
+      bar.update(double(i + 1), double(mats.size()), " matrices");
+    }
+    bar.finish();
+    const AllocResult a = allocate_bits(items, o.min_bits, o.max_bits, o.group, o.asym, o.target_bpw);
+    for (size_t i = 0; i < mats.size(); ++i) mats[i].bits = a.bits[i];
+    spdlog::info("mixed precision: {:.4f} bits per weight for target {}", a.bpw, o.target_bpw);
+    res.summary["target_bpw"] = o.target_bpw;
+    res.summary["sensitivity_reference_bits"] = ref;
+    res.summary["sensitivity_base_nll"] = base;
+  }
+
+  auto out = std::make_shared<TensorStore>();
+  out->set_origin(src.origin());
+  out->keep_alive(std::shared_ptr<MappedFile>(in.weights, nullptr));
+  std::map<std::string, std::shared_ptr<std::vector<float>>> repl;  // quantized so far, as fp32
+  std::map<std::string, std::shared_ptr<QuantizedWeight>> done;
+  ProgressBar bar("quantizing", o.progress);
+  size_t n_done = 0;
+  for (int64_t l = 0; l < cfg.n_layers; ++l) {
+    std::map<std::string, InputStats> layer_stats;
+    const std::map<std::string, InputStats>* stats = nullptr;
+    if (calib && o.sequential && !(l == 0 && !fp_stats.empty())) {
+      CollectOptions co;
+      for (const auto& s : layer_sites(l)) co.sites.insert(s);
+      co.stop_after = layer_sites(l).back();
+      collect_input_stats(cfg, with_replacements(in.weights, repl), windows, co, layer_stats);
+      stats = &layer_stats;
+    } else if (calib) {
+      collect_all();
+      stats = &fp_stats;
+    }
+    std::map<std::string, SiteStats> ss;
+    if (stats)
+      for (const auto& s : layer_sites(l)) ss[s] = site_stats(stats->at(s));
+    for (const Matrix& m : mats) {
+      if (m.layer != l) continue;
+      const std::vector<float> w = matrix_f32(src.get(m.name));
+      const SiteStats* st = stats ? &ss.at(input_site(m.name)) : nullptr;
+      OneResult r = quantize_one(method, w, m.rows, m.cols, matrix_options(o, m.bits), st, o);
+      MatrixReport rep;
+      rep.name = m.name;
+      rep.bits = m.bits;
+      rep.quantizer = r.q.quantizer;
+      rep.alpha = r.alpha;
+      rep.rel_error = relative_error(w, r.q, st);
+      rep.numel = m.rows * m.cols;
+      res.matrices.push_back(rep);
+      if (calib && o.sequential) repl[m.name] = std::make_shared<std::vector<float>>(effective_weight(r.q));
+      done[m.name] = std::make_shared<QuantizedWeight>(std::move(r.q));
+      bar.update(double(++n_done), double(mats.size()), " matrices");
+    }
+  }
+  bar.finish();
+
+  // lm_head: round-to-nearest with clipping search (8 bits by default: near lossless,
+  // and it is a large matrix in small-vocabulary-to-hidden ratios). A tied model gets its
+  // own quantized lm_head.weight, which the model prefers over the embedding.
+  std::shared_ptr<QuantizedWeight> head;
+  if (o.lm_head_bits > 0) {
+    const TensorView* ht = src.find("lm_head.weight");
+    if (!ht && cfg.tie_embeddings) ht = src.find("model.embed_tokens.weight");
+    if (ht) {
+      MatrixOptions mo = matrix_options(o, o.lm_head_bits);
+      mo.act_bits = o.act_bits;
+      if (ht->shape.size() == 2 && ht->shape[1] % mo.group == 0) {
+        const std::vector<float> w = matrix_f32(*ht);
+        head = std::make_shared<QuantizedWeight>(quantize_rtn(w.data(), ht->shape[0], ht->shape[1], mo, nullptr));
+      }
+    }
+  }
+
+  for (const auto& [name, t] : src.all()) {
+    auto it = done.find(name);
+    if (it != done.end()) {
+      add_quantized(*out, name, it->second);
+    } else if (name == "lm_head.weight" && head) {
+      add_quantized(*out, name, head);
+    } else {
+      out->add(t);
+    }
+  }
+  if (head && !src.contains("lm_head.weight")) add_quantized(*out, "lm_head.weight", head);
+  res.weights = out;
+
+  double bits = 0.0;
+  int64_t numel = 0;
+  nlohmann::json per = nlohmann::json::object();
+  for (const auto& rep : res.matrices) {
+    bits += double(rep.numel) * done.at(rep.name)->bits_per_weight();
+    numel += rep.numel;
+    per[rep.name] = {{"bits", rep.bits}, {"quantizer", rep.quantizer}, {"awq_alpha", rep.alpha},
+                     {"relative_error", rep.rel_error}};
+  }
+  res.linear_bpw = numel ? bits / double(numel) : 0.0;
+  auto& s = res.summary;
+  s["quantizer"] = method;
+  s["bits"] = o.target_bpw > 0.0 ? nlohmann::json("mixed") : nlohmann::json(o.bits);
+  s["group"] = o.group;
+  s["sym"] = !o.asym;
+  s["act_bits"] = o.act_bits;
+  s["scale_dtype"] = o.scale_dtype == DType::F16 ? "f16" : o.scale_dtype == DType::BF16 ? "bf16" : "f32";
+  s["lm_head_bits"] = head ? o.lm_head_bits : 0;
+  s["linear_bpw"] = res.linear_bpw;
+  if (calib) {
+    s["calibration"] = {{"file", o.calib_origin},
+                        {"tokens", int64_t(windows.size()) * o.calib_ctx},
+                        {"window", o.calib_ctx},
+                        {"sequential", o.sequential}};
+  }
+  s["matrices"] = per;
+  return res;
+}
+
+}  // namespace anybit::quant
