@@ -10,6 +10,8 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "kernels/dispatch.h"
+#include "kernels/qbits.h"
+#include "quant/random_qbits.h"
 #include "runtime/random_model.h"
 
 namespace anybit::cli {
@@ -22,6 +24,7 @@ struct BenchArgs {
   std::string dtype = "bf16";
   int64_t p = 64, n = 32;
   int reps = 5;
+  int bits = 0, group = 128;  // --bits: a random any-bit (QBITS) model of --shape
 };
 
 double median(std::vector<double> v) {
@@ -43,7 +46,10 @@ int run_bench(const BenchArgs& a) {
   o.device = a.model.device;
   o.max_context = std::max<int64_t>(a.p, a.n + 1) + 16;
   std::string name;
-  if (!a.shape.empty()) {
+  if (!a.shape.empty() && a.bits > 0) {
+    engine = std::make_unique<Engine>(make_random_qbits_model(named_shape(a.shape), a.bits, a.group, 1234), o);
+    name = a.shape + " (random)";
+  } else if (!a.shape.empty()) {
     engine = std::make_unique<Engine>(make_random_model(named_shape(a.shape), parse_dtype(a.dtype), 1234), o);
     name = a.shape + " (random)";
   } else {
@@ -60,6 +66,17 @@ int run_bench(const BenchArgs& a) {
     matrix_bytes += t.nbytes;
   }
   const double bpw = 8.0 * double(matrix_bytes) / double(params);
+  // Any-bit weights: their bits per weight and the kernel chosen for decode and prefill.
+  std::string label = a.dtype, qbits_line;
+  for (const auto& [tname, t] : engine->files().weights->all())
+    if (t.dtype == DType::QBITS && t.data) {
+      const auto& q = *static_cast<const QuantizedWeight*>(t.data);
+      label = "q" + std::to_string(q.bits) + "g" + std::to_string(q.group);
+      qbits_line = fmt::format("qbits: {} bits, group {}, {}: {:.3f} bits per weight; kernel tg (m=1): {}, pp (m={}): {}",
+                               q.bits, q.group, q.asymmetric ? "asymmetric" : "symmetric", q.bits_per_weight(),
+                               qbits_kernel_name(q, 1), std::max<int64_t>(a.p, 1), qbits_kernel_name(q, std::max<int64_t>(a.p, 1)));
+      break;
+    }
   std::mt19937 rng(7);
   std::vector<int32_t> prompt(size_t(std::max<int64_t>(a.p, 1)));
   for (auto& t : prompt) t = int32_t(rng() % uint32_t(c.vocab));
@@ -98,11 +115,12 @@ int run_bench(const BenchArgs& a) {
   auto row = [&](const char* test, int64_t n, const std::vector<double>& v) {
     std::printf("| %s | %.2f B | %.2f GiB | %.2f | %s %s | %d | %s%lld | %.2f (min %.2f, max %.2f) |\n", name.c_str(),
                 double(params) / 1e9, double(matrix_bytes) / double(1u << 30), bpw,
-                engine->model().name().c_str(), a.dtype.c_str(), threads, test, (long long)n, median(v),
+                engine->model().name().c_str(), label.c_str(), threads, test, (long long)n, median(v),
                 *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end()));
   };
   if (!pp.empty()) row("pp", a.p, pp);
   if (!tg.empty()) row("tg", a.n, tg);
+  if (!qbits_line.empty()) std::printf("%s\n", qbits_line.c_str());
   return 0;
 }
 
@@ -117,6 +135,9 @@ void register_bench(CLI::App& app) {
   sub->add_option("-p,--n-prompt", a->p, "Prompt tokens (pp test)")->check(CLI::Range(int64_t(0), int64_t(1) << 16));
   sub->add_option("-n,--n-gen", a->n, "Generated tokens (tg test)")->check(CLI::Range(int64_t(0), int64_t(1) << 16));
   sub->add_option("-r,--repetitions", a->reps, "Repetitions")->check(CLI::Range(1, 1000));
+  sub->add_option("--bits", a->bits, "Random any-bit model of --shape with this many bits per weight (2..8)")
+      ->check(CLI::Range(2, 8));
+  sub->add_option("--group", a->group, "Group size of --bits (32, 64, 128)")->check(CLI::IsMember({32, 64, 128}));
   add_command(sub, [a] { return run_bench(*a); });
 }
 

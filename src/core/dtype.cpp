@@ -1,6 +1,7 @@
 #include "core/dtype.h"
 
 #include "core/error.h"
+#include "core/kquants.h"
 
 namespace anybit {
 
@@ -14,12 +15,19 @@ std::string_view dtype_name(DType t) {
     case DType::I32: return "i32";
     case DType::I64: return "i64";
     case DType::QBITS: return "qbits";
+    case DType::Q4_K: return "q4_k";
+    case DType::Q5_K: return "q5_k";
+    case DType::Q6_K: return "q6_k";
+    case DType::Q2_K: return "q2_k";
+    case DType::Q3_K: return "q3_k";
   }
   return "?";
 }
 
 int64_t dtype_block_size(DType t) {
-  return (t == DType::Q8_0 || t == DType::Q4_0) ? 32 : 1;
+  if (t == DType::Q8_0 || t == DType::Q4_0) return 32;
+  if (kquant_block_bytes(t)) return 256;
+  return 1;
 }
 
 size_t dtype_row_bytes(DType t, int64_t n) {
@@ -30,6 +38,8 @@ size_t dtype_row_bytes(DType t, int64_t n) {
     case DType::Q8_0: return size_t(n / 32) * 34;
     case DType::Q4_0: return size_t(n / 32) * 18;
     case DType::QBITS: return 0;  // not a plain row format: see quant/quantized_weight.h
+    case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: case DType::Q2_K: case DType::Q3_K:
+      return size_t(n / 256) * kquant_block_bytes(t);
   }
   return 0;
 }
@@ -121,6 +131,9 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
       }
       return;
     }
+    case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: case DType::Q2_K: case DType::Q3_K:
+      dequantize_kquant_row(t, static_cast<const uint8_t*>(src), dst, n);  // core/kquants.cpp
+      return;
     default:
       fail("cannot convert dtype {} to f32", dtype_name(t));
   }

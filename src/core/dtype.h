@@ -17,13 +17,21 @@ enum class DType : uint8_t {
   I64,
   QBITS,  // anybit's any-bit (2..8) group-quantized matrix: data points at a QuantizedWeight
           // (src/quant/quantized_weight.h), never at raw bytes
+  // GGUF K-quant block formats (llama.cpp's ggml layouts), 256 weights per super-block:
+  Q4_K,  // 144 bytes: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles
+  Q5_K,  // 176 bytes: as Q4_K plus 32 bytes of 5th bits
+  Q6_K,  // 210 bytes: 128 bytes low nibbles, 64 bytes high 2 bits, 16 int8 scales, f16 d
+  Q2_K,  // 84 bytes: 16 bytes of 4-bit scales/mins, 64 bytes of 2-bit codes, f16 d, f16 dmin
+  Q3_K,  // 110 bytes: 32 bytes high-bit mask, 64 bytes of 2-bit codes, 12 bytes of 6-bit scales, f16 d
 };
+// Number of DType values (sizes per-dtype tables such as KernelTable::matmul).
+inline constexpr int kNumDTypes = int(DType::Q3_K) + 1;
 
 std::string_view dtype_name(DType t);
 
 // Bytes needed for `n` elements along a row (block formats need n % block == 0).
 size_t dtype_row_bytes(DType t, int64_t n);
-int64_t dtype_block_size(DType t);  // 1 for plain types, 32 for Q8_0/Q4_0
+int64_t dtype_block_size(DType t);  // 1 for plain types, 32 for Q8_0/Q4_0, 256 for K-quants
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;

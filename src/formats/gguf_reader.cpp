@@ -189,6 +189,11 @@ std::optional<DType> ggml_type_to_dtype(uint32_t t) {
     case 1: return DType::F16;
     case 2: return DType::Q4_0;
     case 8: return DType::Q8_0;
+    case 10: return DType::Q2_K;
+    case 11: return DType::Q3_K;
+    case 12: return DType::Q4_K;
+    case 13: return DType::Q5_K;
+    case 14: return DType::Q6_K;
     case 26: return DType::I32;
     case 27: return DType::I64;
     case 30: return DType::BF16;
@@ -202,6 +207,11 @@ uint32_t dtype_to_ggml_type(DType t) {
     case DType::F16: return 1;
     case DType::Q4_0: return 2;
     case DType::Q8_0: return 8;
+    case DType::Q2_K: return 10;
+    case DType::Q3_K: return 11;
+    case DType::Q4_K: return 12;
+    case DType::Q5_K: return 13;
+    case DType::Q6_K: return 14;
     case DType::I32: return 26;
     case DType::I64: return 27;
     case DType::BF16: return 30;

@@ -4,6 +4,8 @@
 #include <string>
 
 #include "core/error.h"
+#include "kernels/kquants_kernels.h"
+#include "kernels/qbits_kernels.h"
 #include "kernels/scalar_ref.h"
 #include "kernels/simd_kernels.h"
 
@@ -41,7 +43,8 @@ bool cpu_supports(Isa isa) {
 KernelTable make_scalar() {
   KernelTable t;
   t.isa = Isa::Scalar;
-  for (DType d : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0})
+  for (DType d : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K,
+                  DType::Q6_K, DType::Q2_K, DType::Q3_K})
     t.matmul[int(d)] = scalar::matmul;
   t.matmul[int(DType::QBITS)] = scalar::matmul_qbits;  // kernels/matmul_qbits_scalar.cpp
   t.rmsnorm = scalar::rmsnorm;
@@ -61,6 +64,7 @@ KernelTable make_table(Isa isa) {
       t.matmul[int(DType::BF16)] = avx2::matmul_bf16;
       t.matmul[int(DType::Q8_0)] = avx2::matmul_q8_0;
       t.matmul[int(DType::Q4_0)] = avx2::matmul_q4_0;
+      t.matmul[int(DType::QBITS)] = avx2::matmul_qbits;  // kernels/qbits_select.cpp
       t.rmsnorm = avx2::rmsnorm;
       t.silu_mul = avx2::silu_mul;
       break;
@@ -70,6 +74,12 @@ KernelTable make_table(Isa isa) {
       t.matmul[int(DType::BF16)] = avx512::matmul_bf16;
       t.matmul[int(DType::Q8_0)] = avx512::matmul_q8_0;
       t.matmul[int(DType::Q4_0)] = avx512::matmul_q4_0;
+      t.matmul[int(DType::QBITS)] = avx512::matmul_qbits;  // kernels/qbits_select.cpp
+      t.matmul[int(DType::Q4_K)] = avx512::matmul_q4_k;  // kernels/kquants_avx512.cpp
+      t.matmul[int(DType::Q5_K)] = avx512::matmul_q5_k;
+      t.matmul[int(DType::Q6_K)] = avx512::matmul_q6_k;
+      t.matmul[int(DType::Q2_K)] = avx512::matmul_q2_k;
+      t.matmul[int(DType::Q3_K)] = avx512::matmul_q3_k;
       t.rmsnorm = avx512::rmsnorm;
       t.silu_mul = avx512::silu_mul;
       break;

@@ -35,7 +35,7 @@ std::string_view isa_name(Isa isa);
 
 struct KernelTable {
   Isa isa = Isa::Scalar;
-  MatmulFn matmul[8] = {};  // indexed by DType; nullptr = unsupported
+  MatmulFn matmul[kNumDTypes] = {};  // indexed by DType; nullptr = unsupported
   RmsNormFn rmsnorm = nullptr;
   SiluMulFn silu_mul = nullptr;
 };
