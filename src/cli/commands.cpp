@@ -16,6 +16,7 @@ void add_command(CLI::App* sub, Runner run) { runners()[sub] = std::move(run); }
 void register_commands(CLI::App& app) {
   register_run(app);
   register_chat(app);
+  register_serve(app);
   register_perplexity(app);
   register_bench(app);
   register_convert(app);

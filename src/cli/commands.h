@@ -15,6 +15,7 @@ using Runner = std::function<int()>;
 void add_command(CLI::App* sub, Runner run);
 void register_run(CLI::App& app);
 void register_chat(CLI::App& app);
+void register_serve(CLI::App& app);
 void register_perplexity(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_convert(CLI::App& app);
