@@ -3,6 +3,8 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <thread>
+
 #include "core/error.h"
 #include "server/sse.h"
 
@@ -61,7 +63,10 @@ void HttpServer::handle_generate(const httplib::Request& req, httplib::Response&
   auto request = sub.request;
   auto builder = std::make_shared<ResponseBuilder>(parsed, model_, request->id());
   if (parsed.stream) {
-    stream_response(res, request, builder, [this] {
+    ++open_streams_;
+    stream_response(res, request, builder, [this](bool disconnected) {
+      --open_streams_;
+      if (!disconnected) return;
       std::lock_guard<std::mutex> lk(counters_mu_);
       ++counters_.disconnects;
     });
@@ -157,6 +162,11 @@ void HttpServer::serve() { svr_->listen_after_bind(); }
 void HttpServer::shutdown(std::chrono::milliseconds grace) {
   shutting_down_ = true;
   sched_.stop(grace);  // every request is now finished or cancelled, so handlers return
+  // Streams must write their last event (the end, or the cancellation error)
+  // before the listener stops: httplib ends chunked responses once it is stopping.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (open_streams_ > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   svr_->stop();
 }
 

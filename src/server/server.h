@@ -53,6 +53,7 @@ class HttpServer {
   ServerOptions opts_;
   std::unique_ptr<httplib::Server> svr_;
   std::atomic<bool> shutting_down_{false};
+  std::atomic<int> open_streams_{0};  // streams that have not written their last event
   std::mutex counters_mu_;
   HttpCounters counters_;
 };

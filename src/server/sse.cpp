@@ -7,7 +7,7 @@ namespace anybit::server {
 std::string sse_event(const std::string& data) { return "data: " + data + "\n\n"; }
 
 void stream_response(httplib::Response& res, std::shared_ptr<Request> request,
-                     std::shared_ptr<ResponseBuilder> builder, std::function<void()> on_disconnect) {
+                     std::shared_ptr<ResponseBuilder> builder, std::function<void(bool)> on_end) {
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
   auto finished = std::make_shared<bool>(false);
@@ -44,10 +44,13 @@ void stream_response(httplib::Response& res, std::shared_ptr<Request> request,
         }
         return true;
       },
-      [request, finished, on_disconnect](bool) {
-        // Runs when the response ends, however it ends; a no-op for finished requests.
-        if (!*finished && on_disconnect) on_disconnect();
+      [request, finished, on_end, ended = std::make_shared<bool>(false)](bool) {
+        // Runs from the Response's destructor, however the response ended (and
+        // httplib's Response is copyable: run once). Cancel is a no-op for finished requests.
+        if (*ended) return;
+        *ended = true;
         request->cancel();
+        if (on_end) on_end(!*finished);
       });
 }
 

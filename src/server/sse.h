@@ -20,8 +20,9 @@ namespace anybit::server {
 std::string sse_event(const std::string& data);
 
 // Sets `res` up to stream the request's updates as OpenAI chunks, ending with
-// "data: [DONE]". on_disconnect runs when the client stopped reading first.
+// "data: [DONE]". on_end(disconnected) runs once the response is over;
+// disconnected = the client stopped reading before the last event.
 void stream_response(httplib::Response& res, std::shared_ptr<Request> request,
-                     std::shared_ptr<ResponseBuilder> builder, std::function<void()> on_disconnect);
+                     std::shared_ptr<ResponseBuilder> builder, std::function<void(bool)> on_end);
 
 }  // namespace anybit::server
