@@ -10,6 +10,8 @@
 # Environment:
 #   MODEL   HF model folder with reference.json (default: <repo>/models/tiny-llama)
 #   DTYPE   f32 | f16 | bf16 (default f16): the type of the weight matrices in the GGUF
+#           (keep also works but stores tiny-llama's norms as bf16, which llama.cpp's CPU
+#           backend aborts on: GGML_ASSERT "only f32 src1 supported")
 #   WORK    scratch folder (default: a fresh mktemp -d, removed at exit)
 #   ANYBIT_TESTS  anybit_tests binary, used to write the GGUF when the CLI has no
 #           `convert` yet (default: next to ANYBIT_BINARY)
@@ -120,7 +122,12 @@ n_match = 0
 for r in refs:
     n = len(r["greedy_ids"])
     cmd = [driver, gguf, str(n), r["prompt"]]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+    run = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    if run.returncode != 0:
+        why = [l for l in run.stderr.splitlines() if "GGML_ASSERT" in l or "error" in l.lower()] or run.stderr.splitlines()[-1:]
+        print(f"[FAIL] {r['prompt']!r}: llama.cpp exited with {run.returncode}: {why[0] if why else ''}")
+        continue
+    out = run.stdout.splitlines()
     prompt_ids = [int(x) for x in out[0].split()[1:]]
     gen_ids = [int(x) for x in out[1].split()[1:]]
     same_prompt = prompt_ids == r["prompt_ids"]

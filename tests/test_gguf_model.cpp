@@ -364,6 +364,28 @@ TEST(GgufModel, SyntheticModelsRoundTripInEveryStoredType) {
   }
 }
 
+// llama.cpp's K-quant matrices (rows of 256) keep their bytes; q/k rows are whole
+// blocks, so the permutation works on them unchanged.
+TEST(GgufModel, KQuantMatricesRoundTrip) {
+  TempDir dir;
+  std::mt19937 rng(77);
+  ModelConfig c = small_config("llama");
+  c.hidden = 256;
+  c.n_heads = 8;
+  c.n_kv_heads = 2;
+  c.ffn = 512;
+  for (DType dt : {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+    SCOPED_TRACE(std::string(dtype_name(dt)));
+    TensorStore store;
+    make_random_model(c, dt, store, rng);
+    const std::string path = dir.file("k.gguf");
+    write_gguf_model_vocab(path, c, store, small_vocab(40), DType::F16, true);
+    const GgufModel m = load_gguf_model(path);
+    expect_same_tensors(store, *m.weights, false);
+    EXPECT_EQ(m.weights->get("model.layers.0.mlp.up_proj.weight").dtype, dt);
+  }
+}
+
 TEST(GgufModel, RopeScalingSurvivesTheRoundTrip) {
   TempDir dir;
   std::mt19937 rng(5);
@@ -450,7 +472,7 @@ TEST(GgufModel, ModelLevelErrorsNameTheFile) {
     expect_file_error(p, "unexpected tensor blk.0.ffn_extra.weight", [&] { load_gguf_model(p); });
   }
   {
-    // A Q4_K matrix under a known name: the type is what's reported.
+    // An IQ2_XXS matrix under a known name: the type is what's reported.
     const auto base = dir.file("base2.gguf");
     TensorStore s2;
     ModelConfig c2 = c;
@@ -464,15 +486,15 @@ TEST(GgufModel, ModelLevelErrorsNameTheFile) {
     for (const auto& t : g.tensors()) {
       const TensorView v = g.view(t);
       if (t.name == "blk.1.ffn_gate.weight") {
-        blocks.resize(size_t(t.shape[0]) * 144);
-        w.add_tensor(t.name, 12, t.shape, blocks.data(), blocks.size());
+        blocks.resize(size_t(t.shape[0]) * 66);
+        w.add_tensor(t.name, 16, t.shape, blocks.data(), blocks.size());
       } else {
         w.add_tensor(t.name, t.ggml_type, t.shape, v.data, v.nbytes);
       }
     }
-    const std::string p = dir.file("q4k_known.gguf");
+    const std::string p = dir.file("iq2_known.gguf");
     w.write(p);
-    expect_file_error(p, "unsupported tensor type Q4_K", [&] { load_gguf_model(p); });
+    expect_file_error(p, "unsupported tensor type IQ2_XXS", [&] { load_gguf_model(p); });
   }
   {
     const auto p = rewrite("badbos.gguf", [](GgufWriter& w) { w.set("tokenizer.ggml.bos_token_id", GgufValue::make_u32(4000)); });

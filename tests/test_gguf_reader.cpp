@@ -319,14 +319,14 @@ TEST(GgufReader, UnsupportedTensorTypeIsNamed) {
   TempDir dir;
   Bytes f;
   f.u32(kMagic).u32(3).u64(1).u64(0);
-  f.str("blk.0.ffn_down.weight").u32(2).u64(256).u64(2).u32(12).u64(0);  // Q4_K
-  f.pad(32).zeros(2 * 144);
-  const std::string path = dir.file("q4k.gguf");
+  f.str("blk.0.ffn_down.weight").u32(2).u64(256).u64(2).u32(16).u64(0);  // IQ2_XXS
+  f.pad(32).zeros(2 * 66);
+  const std::string path = dir.file("iq2xxs.gguf");
   f.save(path);
   const GgufFile g = GgufFile::open(path);  // metadata stays readable
   ASSERT_EQ(g.tensors().size(), 1u);
-  EXPECT_EQ(g.tensors()[0].nbytes, 288u);
-  expect_file_error(path, "unsupported tensor type Q4_K", [&] { g.view(g.tensors()[0]); });
+  EXPECT_EQ(g.tensors()[0].nbytes, 132u);
+  expect_file_error(path, "unsupported tensor type IQ2_XXS", [&] { g.view(g.tensors()[0]); });
 }
 
 // Every prefix and many random corruptions of a valid file must either parse or

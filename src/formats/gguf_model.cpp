@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <spdlog/spdlog.h>
 
 #include "core/error.h"
 #include "formats/gguf_reader.h"
@@ -301,6 +302,11 @@ uint32_t file_type_of(DType t) {
     case DType::Q4_0: return 2;
     case DType::Q8_0: return 7;
     case DType::BF16: return 32;
+    case DType::Q2_K: return 10;
+    case DType::Q3_K: return 11;  // the *_S mixes: every matrix of one K type
+    case DType::Q4_K: return 14;
+    case DType::Q5_K: return 16;
+    case DType::Q6_K: return 18;
     default: return 0;
   }
 }
@@ -427,8 +433,19 @@ void write_gguf_model_vocab(const std::string& path, const ModelConfig& c, const
                  [f](uint8_t* dst) { std::memcpy(dst, f.data(), f.size() * 4); });
   }
 
+  const auto non_f32_vector = std::find_if(entries.begin(), entries.end(), [&](const Entry& e) {
+    return keep_dtype && e.t->shape.size() == 1 && e.t->dtype != DType::F32;
+  });
+  if (non_f32_vector != entries.end())
+    spdlog::warn("{}: keeping {} as {}: llama.cpp's CPU backend only accepts f32 norms, so this file is for "
+                 "anybit (convert with f32/f16/bf16 for llama.cpp)",
+                 path, non_f32_vector->t->name, dtype_name(non_f32_vector->t->dtype));
+
   for (const Entry& e : entries) {
     const TensorView& t = *e.t;
+    if (t.dtype == DType::QBITS)
+      fail("{}: tensor {} is an anybit any-bit matrix, which GGUF cannot hold; convert the unquantized model",
+           weights.origin(), t.name);
     const DType target = keep_dtype ? t.dtype : (t.shape.size() >= 2 ? out_dtype : DType::F32);
     const int64_t row_len = t.shape.empty() ? 1 : t.shape.back();
     const int64_t rows = row_len ? t.numel() / row_len : 0;
