@@ -124,7 +124,12 @@ __attribute__((flatten)) void tile(const LutPack& p, int64_t rb0, const LutActs&
     for (int64_t s = g * spg; s < (g + 1) * spg; ++s) {
       __m512i tab[MR];
       static_for<MR>([&](auto i) { tab[i] = _mm512_load_si512(tb[i] + s * 64); });
-      static_for<NB>([&](auto j) { _mm_prefetch(reinterpret_cast<const char*>(cb[j] + (s + 8) * sb), _MM_HINT_T0); });
+      if constexpr (MR == 1) {  // decode streams from DRAM: prefetch every line 1 KiB ahead
+        static_for<NB>([&](auto j) {
+          const char* pf = reinterpret_cast<const char*>(cb[j] + size_t(s) * sb + 1024);
+          static_for<BITS>([&](auto l) { _mm_prefetch(pf + 64 * l, _MM_HINT_T0); });
+        });
+      }
       static_for<BITS>([&](auto v) {
         constexpr int P0 = 2 * v, P1 = 2 * v + 1;
         static_for<NB>([&](auto j) {
