@@ -7,17 +7,23 @@
 //       read, and bpw (bits per weight including the layout's scales).
 //   BM_QbitsPrefill/<bits>/<kernel>  all layers at m = 64: t/s = 64 tokens / time.
 //   BM_QbitsGemv/<bits>/<kernel>/<shape>  one matrix, cache resident: kernel compute speed.
+//   BM_KQuantDecode/<type>  the decode step with GGUF K-quant weights (random blocks) through
+//       the dispatch table (AVX-512 kernels; the scalar reference elsewhere).
 // Kernels: every QBITS kernel this CPU runs (avx512-vnni, avx512-lut, avx2-int8, avx2-lut).
 // The machine is shared: run with --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 // and read the medians.
 #include <benchmark/benchmark.h>
 
+#include <cstring>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
+#include "core/kquants.h"
+#include "kernels/dispatch.h"
 #include "kernels/qbits_kernels.h"
 #include "kernels/qbits_lut.h"
 #include "kernels/qbits_pack.h"
@@ -112,7 +118,68 @@ void gemv(benchmark::State& state, int bits, const qbits::Kernel* k, Mat s, int6
   state.counters["Gw/s"] = benchmark::Counter(double(s.rows * s.cols * m) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Every layer of the 1B shape as random K-quant blocks (f16 super-block scales ~ 1e-3).
+struct KModel {
+  DType t = DType::F32;
+  std::vector<std::vector<uint8_t>> w;
+  std::vector<Mat> shape;
+  size_t bytes = 0;
+};
+
+KModel& kmodel_for(DType t) {
+  static std::unique_ptr<KModel> cur;
+  if (cur && cur->t == t) return *cur;
+  cur.reset();
+  auto m = std::make_unique<KModel>();
+  m->t = t;
+  std::mt19937_64 rng(3);
+  const size_t bb = kquant_block_bytes(t);
+  auto add = [&](Mat s) {
+    std::vector<uint8_t> v(dtype_row_bytes(t, s.cols) * size_t(s.rows));
+    for (size_t i = 0; i + 8 <= v.size(); i += 8) {
+      const uint64_t r = rng();
+      std::memcpy(v.data() + i, &r, 8);
+    }
+    const uint16_t h = f32_to_f16(1e-3f);
+    for (size_t b = 0; b < v.size() / bb; ++b) {
+      uint8_t* blk = v.data() + b * bb;
+      switch (t) {
+        case DType::Q4_K: case DType::Q5_K: std::memcpy(blk, &h, 2), std::memcpy(blk + 2, &h, 2); break;
+        case DType::Q6_K: std::memcpy(blk + 208, &h, 2); break;
+        case DType::Q2_K: std::memcpy(blk + 80, &h, 2), std::memcpy(blk + 82, &h, 2); break;
+        case DType::Q3_K: std::memcpy(blk + 108, &h, 2); break;
+        default: break;
+      }
+    }
+    m->bytes += v.size();
+    m->w.push_back(std::move(v));
+    m->shape.push_back(s);
+  };
+  for (int l = 0; l < kLayers; ++l)
+    for (Mat s : kLayer) add(s);
+  add(kLmHead);
+  cur = std::move(m);
+  return *cur;
+}
+
+void kdecode(benchmark::State& state, DType t) {
+  const KModel& md = kmodel_for(t);
+  std::vector<float> x(8192), y(8192);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto& v : x) v = nd(rng);
+  const MatmulFn f = kernels().matmul[int(t)];
+  for (auto _ : state)
+    for (size_t i = 0; i < md.w.size(); ++i)
+      f(x.data(), 1, WeightMatrix{t, md.shape[i].rows, md.shape[i].cols, md.w[i].data()}, y.data());
+  state.counters["t/s"] = benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GB/s"] = benchmark::Counter(double(md.bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 int register_all() {
+  for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q2_K, DType::Q3_K, DType::Q5_K})
+    benchmark::RegisterBenchmark((std::string("BM_KQuantDecode/") + std::string(dtype_name(t))).c_str(), kdecode, t)
+        ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(1.0);
   for (const auto& k : qbits::available_kernels()) {
     for (int bits = 2; bits <= 8; ++bits) {
       if (!k.supports(bits)) continue;

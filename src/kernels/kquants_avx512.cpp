@@ -115,9 +115,14 @@ struct FQ4K {
   static constexpr size_t kBytes = 144;
   static constexpr bool kQ4Order = true;
   static void scales(const uint8_t* b, BlockScales& s) {
-    alignas(16) uint8_t sm[16];
-    decode_k4_scales(b + 4, sm, sm + 8);
-    const __m256i v16 = _mm256_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(sm)));
+    // decode_k4_scales on 4 bytes at a time, kept in registers (a byte-wise decode through
+    // memory stalls on store forwarding when read back as a vector).
+    uint32_t a[3];
+    std::memcpy(a, b + 4, 12);
+    const uint32_t sc03 = a[0] & 0x3f3f3f3fu, mn03 = a[1] & 0x3f3f3f3fu;
+    const uint32_t sc47 = (a[2] & 0x0f0f0f0fu) | ((a[0] >> 2) & 0x30303030u);
+    const uint32_t mn47 = ((a[2] >> 4) & 0x0f0f0f0fu) | ((a[1] >> 2) & 0x30303030u);
+    const __m256i v16 = _mm256_cvtepu8_epi16(_mm_set_epi32(int(mn47), int(mn03), int(sc47), int(sc03)));
     // Vector v = 2 * half + nibble: lanes 0..15 sub-block 4 * half + nibble, 16..31 that + 2.
     for (int v = 0; v < 4; ++v) {
       const int j = 4 * (v / 2) + (v % 2);
@@ -208,9 +213,16 @@ struct FQ3K {
   static constexpr size_t kBytes = 110;
   static constexpr bool kQ4Order = false;
   static void scales(const uint8_t* b, BlockScales& s) {
-    alignas(16) int8_t sc[16];
-    decode_k3_scales(b + 96, sc);
-    const __m256i v16 = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(sc)));
+    // decode_k3_scales, 4 scales per 32-bit word, in registers.
+    uint32_t a[3];
+    std::memcpy(a, b + 96, 12);
+    const uint32_t lo4 = 0x0f0f0f0fu, hi2 = 0x03030303u;
+    const uint32_t s0 = (a[0] & lo4) | ((a[2] & hi2) << 4);
+    const uint32_t s1 = (a[1] & lo4) | (((a[2] >> 2) & hi2) << 4);
+    const uint32_t s2 = ((a[0] >> 4) & lo4) | (((a[2] >> 4) & hi2) << 4);
+    const uint32_t s3 = ((a[1] >> 4) & lo4) | (((a[2] >> 6) & hi2) << 4);
+    const __m128i sc = _mm_sub_epi8(_mm_set_epi32(int(s3), int(s2), int(s1), int(s0)), _mm_set1_epi8(32));
+    const __m256i v16 = _mm256_cvtepi8_epi16(sc);
     for (int v = 0; v < 4; ++v) s.sv[v] = spread16(v16, 4 * v, 4 * v + 1, 4 * v + 2, 4 * v + 3);
     s.mv = v16;
     s.d = half(b + 108);
