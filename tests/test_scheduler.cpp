@@ -417,3 +417,24 @@ TEST(Scheduler, EngineThreadServesAndShutsDownCleanly) {
   EXPECT_EQ(s->submit(p).status, SubmitStatus::ShuttingDown);
   EXPECT_EQ(kv.free_blocks(), kv.n_blocks());
 }
+
+TEST(SchedulerStats, HistogramAndRate) {
+  Histogram h({0.1, 0.2, 0.5});
+  for (double v : {0.05, 0.15, 0.15, 0.3, 2.0}) h.observe(v);
+  EXPECT_EQ(h.count(), 5u);
+  EXPECT_DOUBLE_EQ(h.sum(), 2.65);
+  EXPECT_EQ(h.cumulative(0), 1u);  // <= 0.1
+  EXPECT_EQ(h.cumulative(1), 3u);  // <= 0.2
+  EXPECT_EQ(h.cumulative(2), 4u);  // <= 0.5
+  EXPECT_EQ(h.cumulative(3), 5u);  // +Inf
+  EXPECT_GT(h.quantile(0.5), 0.1);
+  EXPECT_LE(h.quantile(0.5), 0.2);
+  EXPECT_DOUBLE_EQ(h.quantile(1.0), 0.5);  // the +Inf bucket reports the last bound
+  RateWindow r(10.0);
+  r.add(0.0, 50);
+  r.add(5.0, 50);
+  EXPECT_DOUBLE_EQ(r.rate(5.0), 10.0);
+  EXPECT_DOUBLE_EQ(r.rate(12.0), 5.0);  // the sample at t = 0 has left the window
+  r.add(30.0, 0);
+  EXPECT_DOUBLE_EQ(r.rate(30.0), 0.0);
+}

@@ -345,8 +345,8 @@ bool Scheduler::plan(std::vector<Planned>& plan) {
         return o.get() != &s && !o->finished && o->order() < s.order();
       });
       if (older_running) {
-        preempt(s, plan);
-        --i;  // running_ shrank at or before i
+        preempt(s, plan);  // removes running_[i]: the next one moves into slot i
+        --i;               // (unsigned wrap-around at 0 is undone by the loop's ++i)
       } else {
         finish(s, "length");
       }
@@ -456,7 +456,16 @@ void Scheduler::engine_loop() {
       cv_.wait(lk, [&] { return stop_ || !waiting_.empty() || !running_.empty(); });
       if (stop_) break;
     }
-    step();
+    try {
+      step();
+    } catch (const std::exception& e) {
+      // Nothing in a step should throw (forward errors are handled inside); if
+      // something does, fail the running requests rather than leave clients waiting.
+      spdlog::error("scheduler step failed: {}", e.what());
+      for (auto& s : running_) finish(*s, "error", e.what());
+      running_.clear();
+      publish();
+    }
   }
   // Whatever is left is cancelled so that no consumer waits forever.
   for (auto& s : running_) finish(*s, "cancelled");
