@@ -305,28 +305,30 @@ void matmul_k(const float* x, int64_t m, const WeightMatrix& wm, float* y) {
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < m; ++i) quant(i);
     }
-    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t chunk = (n + nt - 1) / nt;
-    const int64_t n0 = chunk * t < n ? chunk * t : n;
-    const int64_t n1 = n0 + chunk < n ? n0 + chunk : n;
-    if (m == 1) {
-      for (int64_t r = n0; r < n1; r += 4) {
-        const int64_t nr = n1 - r < 4 ? n1 - r : 4;
-        if (nr == 4) tile<F, 1, 4>(w, rb, r, a, 0, k, y, n);
-        else for (int64_t j = 0; j < nr; ++j) tile<F, 1, 1>(w, rb, r + j, a, 0, k, y, n);
-      }
-    } else {
-      for (int64_t r = n0; r < n1; r += 2) {
-        const bool two = n1 - r >= 2;
-        for (int64_t i = 0; i < m; i += 4) {
-          const int64_t mr = m - i < 4 ? m - i : 4;
-          if (mr == 4) {
-            if (two) tile<F, 4, 2>(w, rb, r, a, i, k, y, n);
-            else tile<F, 4, 1>(w, rb, r, a, i, k, y, n);
-          } else {
-            for (int64_t ii = i; ii < i + mr; ++ii) {
-              if (two) tile<F, 1, 2>(w, rb, r, a, ii, k, y, n);
-              else tile<F, 1, 1>(w, rb, r, a, ii, k, y, n);
+    // Dynamic chunks of 32 rows (a descheduled thread's rows go to the others).
+    constexpr int64_t kChunk = 32;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < (n + kChunk - 1) / kChunk; ++c) {
+      const int64_t n0 = c * kChunk, n1 = n0 + kChunk < n ? n0 + kChunk : n;
+      if (m == 1) {
+        for (int64_t r = n0; r < n1; r += 4) {
+          const int64_t nr = n1 - r < 4 ? n1 - r : 4;
+          if (nr == 4) tile<F, 1, 4>(w, rb, r, a, 0, k, y, n);
+          else for (int64_t j = 0; j < nr; ++j) tile<F, 1, 1>(w, rb, r + j, a, 0, k, y, n);
+        }
+      } else {
+        for (int64_t r = n0; r < n1; r += 2) {
+          const bool two = n1 - r >= 2;
+          for (int64_t i = 0; i < m; i += 4) {
+            const int64_t mr = m - i < 4 ? m - i : 4;
+            if (mr == 4) {
+              if (two) tile<F, 4, 2>(w, rb, r, a, i, k, y, n);
+              else tile<F, 4, 1>(w, rb, r, a, i, k, y, n);
+            } else {
+              for (int64_t ii = i; ii < i + mr; ++ii) {
+                if (two) tile<F, 1, 2>(w, rb, r, a, ii, k, y, n);
+                else tile<F, 1, 1>(w, rb, r, a, ii, k, y, n);
+              }
             }
           }
         }

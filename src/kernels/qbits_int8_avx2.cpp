@@ -268,14 +268,13 @@ void qbits_int8_matmul(const QuantizedWeight& w, const float* x, int64_t m, floa
                       set.inv_input_scale.empty() ? nullptr : set.inv_input_scale.data(), a);
   const RunFn run = kRun[p.bits];
   const int64_t nh = (p.rows + 7) / 8;  // half blocks holding at least one row
-#pragma omp parallel
-  {
-    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t chunk = (nh + nt - 1) / nt;
-    const int64_t h0 = chunk * t < nh ? chunk * t : nh;
-    const int64_t h1 = h0 + chunk < nh ? h0 + chunk : nh;
-    if (h0 < h1) run(p, a, m, y, h0, h1);
-  }
+  // Dynamic chunks of 128 rows: on a shared machine a descheduled thread's share is
+  // taken over by the others instead of stalling the whole matmul at the barrier.
+  constexpr int64_t kChunk = 16;
+  const int64_t nchunks = (nh + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < nchunks; ++c)
+    run(p, a, m, y, c * kChunk, (c + 1) * kChunk < nh ? (c + 1) * kChunk : nh);
 }
 
 }  // namespace anybit::avx2

@@ -212,14 +212,13 @@ void qbits_lut_matmul(const QuantizedWeight& w, const float* x, int64_t m, float
   LutActs& a = qbits::lut_act_scratch(m, p.nspans, p.ngroups);
   build_tables(x, m, p.cols, p.group, set.inv_input_scale.empty() ? nullptr : set.inv_input_scale.data(), a);
   const RunFn run = kRun[p.bits];
-#pragma omp parallel
-  {
-    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t chunk = (p.nrb + nt - 1) / nt;
-    const int64_t b0 = chunk * t < p.nrb ? chunk * t : p.nrb;
-    const int64_t b1 = b0 + chunk < p.nrb ? b0 + chunk : p.nrb;
-    if (b0 < b1) run(p, a, m, y, b0, b1);
-  }
+  // Dynamic chunks of 128 rows: on a shared machine a descheduled thread's share is
+  // taken over by the others instead of stalling the whole matmul at the barrier.
+  constexpr int64_t kChunk = 4;
+  const int64_t nchunks = (p.nrb + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < nchunks; ++c)
+    run(p, a, m, y, c * kChunk, (c + 1) * kChunk < p.nrb ? (c + 1) * kChunk : p.nrb);
 }
 
 }  // namespace anybit::avx512
