@@ -4,6 +4,8 @@
 // engine thread's shutdown.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <cstring>
 #include <random>
 #include <thread>
@@ -17,6 +19,9 @@ using namespace anybit;
 namespace {
 
 struct Tiny {
+  // ctest runs two test processes at once on a 2-core machine: two OpenMP threads
+  // each would oversubscribe it badly (every parallel region waits for a descheduled thread).
+  Tiny() { omp_set_num_threads(1); }
   ModelFiles files = load_model_files(std::string(ANYBIT_SOURCE_DIR) + "/models/tiny-llama");
   LlamaModel model{files.config, files.weights};
 };
