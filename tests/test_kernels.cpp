@@ -183,14 +183,21 @@ TEST(Kernels, MatmulMatchesScalarReference) {
   }
 }
 
-TEST(Kernels, MatmulLargeKCacheBlocking) {
-  // K large enough that the activation cache block holds fewer rows than m.
+TEST(Kernels, MatmulLargeK) {
+  // K > 4096 with m >= 16 takes the transposed-activation path with K split into several
+  // blocks (partial sums carried between them); the dot path covers the rest, with fewer
+  // activation rows per cache block than m.
   const uint64_t seed = test_seed();
   SCOPED_TRACE("seed=" + std::to_string(seed));
   std::mt19937_64 rng(seed);
   for (const KernelTable* table : simd_tables()) {
-    check_matmul(*table, DType::BF16, 40, 37, 8192 + 17, rng);
-    check_matmul(*table, DType::Q4_0, 37, 19, 8192, rng);
+    for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0}) {
+      const bool quant = t == DType::Q8_0 || t == DType::Q4_0;
+      check_matmul(*table, t, 20, 13, quant ? 4128 : 4133, rng);   // xt, one K block + tail
+      check_matmul(*table, t, 100, 9, quant ? 8192 : 8209, rng);   // xt, several K blocks
+      check_matmul(*table, t, 7, 11, quant ? 8192 : 8197, rng);    // dot
+      if (HasFatalFailure()) return;
+    }
   }
 }
 

@@ -20,10 +20,20 @@ struct S {
   static constexpr int kMR = 3;
   static constexpr int kNR = 4;
   static constexpr int kNR1 = 6;
-  static constexpr int kPrefetchDist = 1024;
+  static constexpr int kKU1 = 1;
+  static constexpr int kPrefetchDist = -1;
+
+  // xt scheme (m >= kXtMinM, K > 4096): 4 weight rows x 3 vectors of 8 activations =
+  // 12 accumulators + 3 activation vectors + 1 broadcast.
+  static constexpr int kNRW = 4;
+  static constexpr int kMV = 3;
+  static constexpr int kXtMinM = 16;
 
   static V zero() { return _mm256_setzero_ps(); }
+  static V broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static float hsum(V v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

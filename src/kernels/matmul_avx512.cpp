@@ -19,17 +19,27 @@ struct S {
   using V = __m512;
   static constexpr int kLanes = 16;
   static constexpr int kParts = 2;
-  // 4x6 tile: 24 accumulators + 4 activation vectors + 1-2 weight vectors fit in the 32
-  // zmm registers; each converted weight vector feeds 4 FMAs.
+  // Dot scheme, m > 1: a 4x6 tile, 24 accumulators + 4 activation vectors + 1-2 weight
+  // vectors in the 32 zmm registers; each converted weight vector feeds 4 FMAs.
   static constexpr int kMR = 4;
   static constexpr int kNR = 6;
-  // m == 1: eight rows in flight give eight independent FMA chains and eight
-  // concurrent memory streams per thread.
+  // m == 1: eight rows in flight, i.e. eight independent FMA chains and eight concurrent
+  // memory streams per thread (fewer rows measured slower). Prefetching the same block
+  // of the next tile's rows (kPrefetchDist < 0) keeps requests in flight across the
+  // row (= 4 KiB page at K = 2048) boundaries.
   static constexpr int kNR1 = 8;
-  static constexpr int kPrefetchDist = 1024;
+  static constexpr int kKU1 = 1;
+  static constexpr int kPrefetchDist = -1;
+  // xt scheme (m >= kXtMinM, K > 4096): 6 weight rows x 4 vectors of 16 activations.
+  static constexpr int kNRW = 6;
+  static constexpr int kMV = 4;
+  static constexpr int kXtMinM = 16;
 
   static V zero() { return _mm512_setzero_ps(); }
+  static V broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static float hsum(V v) { return _mm512_reduce_add_ps(v); }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
