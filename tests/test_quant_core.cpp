@@ -109,8 +109,11 @@ TEST(QuantGroup, ErrorBoundsEveryWidthGroupAndMode) {
               energy += double(w[i]) * w[i];
               if (!search) {
                 // Plain RTN: half a step inside the range; the symmetric grid's short side
-                // can clip by up to one step; asymmetric adds the f16 zero rounding.
-                ASSERT_LE(err, s * (asym ? 0.51f + 0.002f * float(1 << bits) : 1.0f) + 1e-7f);
+                // can clip by up to one step. The f16 scale is rounded (relative 2^-11), which
+                // moves the outermost level by up to 2^(bits-1) * 2^-11 steps; asymmetric adds
+                // the f16 zero rounding.
+                const float f16_slack = float(1 << bits) * 0.0006f;
+                ASSERT_LE(err, s * (asym ? 0.51f + 0.002f * float(1 << bits) : 1.0f + f16_slack) + 1e-7f);
               }
             }
           // Relative RMS error of Gaussian weights: ~1.6 * 2^-bits for this grid.

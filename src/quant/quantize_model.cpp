@@ -89,14 +89,29 @@ OneResult quantize_one(const std::string& method, const std::vector<float>& w, i
   if (!st) fail("quantizer {} needs calibration text (--calib)", method);
   AwqOptions ao;
   ao.grid = o.awq_grid;
+  // The alpha search ranks candidates with a coarser clipping search; the winner is
+  // then quantized with the full one.
+  MatrixOptions coarse = mo;
+  coarse.search_opts.grid = 8;
+  coarse.search_opts.refine_iters = 1;
   auto rtn_inner = [&](const std::vector<float>& ws, const float* cws, const float*) {
-    return quantize_rtn(ws.data(), rows, cols, mo, cws);
+    return quantize_rtn(ws.data(), rows, cols, coarse, cws);
   };
   if (method == "awq") {
-    AwqResult a = search_awq(w.data(), rows, cols, st->mean_abs, st->second_moment, h, ao, rtn_inner);
-    r.q = std::move(a.q);
+    const AwqResult a = search_awq(w.data(), rows, cols, st->mean_abs, st->second_moment, h, ao, rtn_inner);
+    r.q = quantize_rtn(w.data(), rows, cols, mo, cw);
+    if (a.alpha > 0.0f) {
+      const std::vector<float> s = awq_scales(st->mean_abs, a.alpha);
+      std::vector<float> cws(static_cast<size_t>(cols));
+      for (int64_t c = 0; c < cols; ++c) cws[size_t(c)] = cw[c] / (s[size_t(c)] * s[size_t(c)]);
+      QuantizedWeight qs = quantize_rtn(scale_columns(w.data(), rows, cols, s).data(), rows, cols, mo, cws.data());
+      qs.input_scale = s;
+      if (awq_objective(w.data(), qs, st->second_moment, h) < awq_objective(w.data(), r.q, st->second_moment, h)) {
+        r.q = std::move(qs);
+        r.alpha = a.alpha;
+      }
+    }
     r.q.quantizer = "awq";
-    r.alpha = a.alpha;
     return r;
   }
   if (method == "gptq") {
@@ -197,15 +212,17 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
     windows = calibration_windows(in.tokenizer, o.calib_text, o.calib_ctx, o.calib_tokens, o.calib_origin);
     spdlog::info("calibration: {} windows of {} tokens from {}", windows.size(), o.calib_ctx, o.calib_origin);
   }
-  std::map<std::string, InputStats> fp_stats;
+  std::shared_ptr<const std::map<std::string, InputStats>> fp_shared = o.fp_stats;
   auto collect_all = [&]() {
-    if (!fp_stats.empty()) return;
+    if (fp_shared) return;
     CollectOptions co;
     for (int64_t l = 0; l < cfg.n_layers; ++l)
       for (const auto& s : layer_sites(l)) co.sites.insert(s);
     ProgressBar bar("calibrating", o.progress);
     bar.update(0, 1);
-    collect_input_stats(cfg, in.weights, windows, co, fp_stats);
+    auto st = std::make_shared<std::map<std::string, InputStats>>();
+    collect_input_stats(cfg, in.weights, windows, co, *st);
+    fp_shared = st;
     bar.finish();
   };
 
@@ -224,7 +241,7 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
     ProgressBar bar("sensitivity", o.progress);
     for (size_t i = 0; i < mats.size(); ++i) {
       const Matrix& m = mats[i];
-      const SiteStats st = site_stats(fp_stats.at(input_site(m.name)));
+      const SiteStats st = site_stats(fp_shared->at(input_site(m.name)));
       const std::vector<float> w = matrix_f32(src.get(m.name));
       items[i].numel = m.rows * m.cols;
       items[i].cost.resize(size_t(nw));
@@ -261,7 +278,7 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   for (int64_t l = 0; l < cfg.n_layers; ++l) {
     std::map<std::string, InputStats> layer_stats;
     const std::map<std::string, InputStats>* stats = nullptr;
-    if (calib && o.sequential && !(l == 0 && !fp_stats.empty())) {
+    if (calib && o.sequential && !(l == 0 && fp_shared)) {
       CollectOptions co;
       for (const auto& s : layer_sites(l)) co.sites.insert(s);
       co.stop_after = layer_sites(l).back();
@@ -269,7 +286,7 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
       stats = &layer_stats;
     } else if (calib) {
       collect_all();
-      stats = &fp_stats;
+      stats = fp_shared.get();
     }
     std::map<std::string, SiteStats> ss;
     if (stats)
@@ -323,6 +340,7 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   }
   if (head && !src.contains("lm_head.weight")) add_quantized(*out, "lm_head.weight", head);
   res.weights = out;
+  res.fp_stats = fp_shared;
 
   double bits = 0.0;
   int64_t numel = 0;

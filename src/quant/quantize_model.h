@@ -7,12 +7,14 @@
 //      bits-per-weight target (bpw_alloc.h);
 //   3. per-matrix quantizer: rtn, rtn-clip, awq, gptq or awq-gptq.
 #pragma once
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "formats/model_loader.h"
+#include "quant/calibration.h"
 #include "quant/gptq.h"
 #include "quant/group_quant.h"
 
@@ -35,8 +37,11 @@ struct QuantizeOptions {
   int lm_head_bits = 8;          // 0 keeps lm_head as stored
   bool sequential = true;
   bool progress = true;
-  int awq_grid = 20;
+  int awq_grid = 10;
   GptqOptions gptq;
+  // Statistics of the unquantized model from an earlier run (same calibration text):
+  // used instead of collecting them again where the pipeline needs unquantized stats.
+  std::shared_ptr<const std::map<std::string, InputStats>> fp_stats;
 };
 
 struct MatrixReport {
@@ -53,6 +58,7 @@ struct QuantizeResult {
   std::vector<MatrixReport> matrices;
   double linear_bpw = 0.0;               // average over the layers' linear matrices
   nlohmann::json summary;                // quantization_config.json content
+  std::shared_ptr<const std::map<std::string, InputStats>> fp_stats;  // when collected
 };
 
 // The method "auto" stands for: gptq with calibration text, rtn-clip without.

@@ -105,7 +105,9 @@ describe('faults', () => {
           const m = await metrics(srv.url);
           assert.equal(m.anybit_requests_running, 1);
           assert.ok(m.anybit_kv_blocks_used >= 7, `${m.anybit_kv_blocks_used} blocks for 105 positions`);
-          controller.abort();  // the client's stream just ends (or throws an abort error)
+          controller.abort();  // the connection closes under the client
+          // Chunks that had already arrived may still be yielded after the abort: stop reading.
+          break;
         }
       }
     } catch (e) {
@@ -133,7 +135,9 @@ describe('faults', () => {
       assert.equal(r.reason.status, 429);
       assert.equal(r.reason.error?.code ?? r.reason.code, 'queue_full');
     }
-    assert.ok(ok.length >= 12, `only ${ok.length} accepted`);
+    // At least the queue's worth is accepted; how many the engine has already moved into
+    // the running batch when the burst arrives depends on timing.
+    assert.ok(ok.length >= 8, `only ${ok.length} accepted`);
     for (const r of ok) assert.equal(r.value.usage.completion_tokens, 40);
     const m = await metrics(srv.url);
     assert.equal(m.anybit_requests_rejected_total, refused.length);
