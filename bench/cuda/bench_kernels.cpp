@@ -1,7 +1,8 @@
 // Kernel timings on the GPU (anybit_cuda_bench): the decode GEMV for the Llama-1B and
 // Llama-8B matrix shapes against the device-to-device copy bandwidth, and split-KV decode
 // attention. Weights rotate over enough copies to defeat the L2; each figure is the median
-// of event-timed launches after a warm-up. Prints a markdown table.
+// of event-timed launches after a warm-up. Prints a markdown table. QBITS rows count the
+// packed bytes (codes + f16 scales) as the traffic.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -13,6 +14,8 @@
 
 #include "core/dtype.h"
 #include "kernels/cuda_kernels.h"
+#include "kernels/qbits_cuda_pack.h"
+#include "quant/random_qbits.h"
 
 using namespace anybit;
 using namespace anybit::cuda;
@@ -132,6 +135,38 @@ int main() {
         }
         for (void* p : ws) cudaFree(p);
       }
+  }
+
+  // QBITS W{4,2}A16 GEMV at the Llama-3-8B decode shapes (group 128, symmetric).
+  const Shape qshapes[] = {
+      {"8B qkv (norm)", 6144, 4096, InputOp::RmsNorm}, {"8B o", 4096, 4096, InputOp::None},
+      {"8B gate_up (norm)", 28672, 4096, InputOp::RmsNorm}, {"8B down (silu)", 4096, 14336, InputOp::SiluMul},
+  };
+  for (int bits : {4, 2}) {
+    for (const Shape& s : qshapes) {
+      const QbitsGpuPack pack = pack_qbits_for_gpu(*make_random_qweight(s.n, s.k, bits, 128, false, 7));
+      const size_t wbytes = pack.weight_bytes();
+      const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
+      std::vector<QbitsDeviceAlloc> ws;
+      for (int i = 0; i < copies; ++i) ws.push_back(upload_qbits(pack));
+      for (int64_t m : {1, 4}) {
+        const int64_t ldx = s.op == InputOp::SiluMul ? 2 * s.k : s.k;
+        float* x = static_cast<float*>(random_device_bytes(size_t(m * ldx) * 4, DType::F32, rng));
+        float* nw = static_cast<float*>(random_device_bytes(size_t(s.k) * 4, DType::F32, rng));
+        float* y = nullptr;
+        ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&y), size_t(m * s.n) * 4));
+        LinearArgs a;
+        a.x = x, a.m = m, a.ldx = ldx, a.op = s.op, a.norm_w = nw, a.y = y, a.ldy = s.n;
+        const double us = median_us([&](int i) { gemv_qbits(a, ws[size_t(i) % ws.size()].w, nullptr); }, 15);
+        const double gbs = double(wbytes) / us / 1e3;
+        std::printf("| gemv_qbits w%da16 g128 m=%lld | %s %lldx%lld | %.1f | %.0f | %.0f |\n", bits, (long long)m, s.name,
+                    (long long)s.n, (long long)s.k, us, gbs, 100.0 * gbs / copy_gbs);
+        cudaFree(x);
+        cudaFree(y);
+        cudaFree(nw);
+      }
+      for (auto& w : ws) free_qbits(w);
+    }
   }
 
   // Decode attention, Llama-1B heads (32 q / 8 kv, head_dim 64), one layer of a cache.

@@ -20,6 +20,10 @@
 #define ANYBIT_HOST_DEVICE
 #endif
 
+namespace anybit {
+struct QbitsGpuPack;  // kernels/qbits_cuda_pack.h
+}  // namespace anybit
+
 namespace anybit::cuda {
 
 // Throws anybit::Error naming `what` and CUDA's message when `e` is an error.
@@ -70,6 +74,36 @@ void linear(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s);
 void gemv(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s);
 void gemm(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s);
 bool gemv_supported(const LinearArgs& a, const DeviceWeight& w);
+
+// ---- QBITS (any-bit, 2..8) weights: W{bits}A16 GEMV, src/kernels/matmul_qbits_cuda.cu --------
+// Device copy of a QbitsGpuPack (layout in kernels/qbits_cuda_pack.h).
+struct QbitsDeviceWeight {
+  int64_t rows = 0, cols = 0;  // N outputs, K inputs
+  int bits = 0, group = 0;
+  bool asymmetric = false;
+  bool scales_f16 = false, zeros_f16 = false;  // else fp32
+  const uint8_t* planes[3] = {nullptr, nullptr, nullptr};  // planes per qbits_plane_split(bits)
+  const void* scales = nullptr;  // [rows][cols/group]
+  const void* zeros = nullptr;   // [rows][cols/group], asymmetric only
+  const float* inv_input_scale = nullptr;  // [cols] or null
+  size_t weight_bytes = 0;  // bytes one GEMV streams (codes + scales + zeros)
+};
+// The device weight and the one allocation behind it (free with free_qbits).
+struct QbitsDeviceAlloc {
+  QbitsDeviceWeight w;
+  void* buffer = nullptr;
+  size_t bytes = 0;
+};
+// Synchronous upload (cudaMalloc + cudaMemcpy): at load time, never inside a graph capture.
+QbitsDeviceAlloc upload_qbits(const QbitsGpuPack& p);
+void free_qbits(QbitsDeviceAlloc& a);
+
+// y = op(x) * (1/input_scale) . W^T (+ bias) (+ y), fp32 activations and accumulation. Same
+// LinearArgs semantics as gemv() (InputOp None / RmsNorm / SiluMul, bias, accumulate,
+// silu_pairs). m <= kGemvMaxRows runs one fused GEMV launch; larger m runs it once per 4 rows
+// (correct but re-reads W: no tensor-core GEMM for QBITS yet). x (and norm_w) must be 16-byte
+// aligned with ldx % 4 == 0. Enqueue only: graph-capturable.
+void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s);
 
 void rmsnorm(const float* x, int64_t ldx, const float* w, int64_t m, int64_t n, float eps, float* out,
              int64_t ldo, cudaStream_t s);

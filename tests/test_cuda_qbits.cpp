@@ -1,0 +1,275 @@
+// The QBITS GEMV (kernels/matmul_qbits_cuda.cu) against an fp64 host reference built from
+// QuantizedWeight::dequantize_row, with the input op and 1/input_scale applied on the host.
+// Fresh random weights and inputs each run (seed printed on failure; ANYBIT_TEST_SEED
+// replays), outputs poisoned with NaN first. Skipped when no CUDA device is visible.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "test_cuda_util.h"
+#include "test_qbits_util.h"
+
+#ifdef ANYBIT_WITH_CUDA
+#include "core/error.h"
+#include "kernels/cuda_kernels.h"
+#include "kernels/qbits_cuda_pack.h"
+#include "kernels/scalar_ref.h"
+
+namespace anybit {
+namespace {
+
+using test::DeviceArray;
+
+std::vector<float> randn(std::mt19937_64& rng, size_t n, float sd = 1.0f) {
+  std::normal_distribution<float> nd(0.0f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+// An fp32 sum of k terms is within k * 2^-24 * sum |term| of the exact one; the kernel
+// sums x * q and z * sum x separately, so its terms are bounded by |x| s (|q| + |z|).
+double qdot_tol(int64_t k, double abs_sum) { return 4.0 * double(k + 64) / double(1 << 24) * abs_sum + 1e-6; }
+
+struct Weight {
+  QuantizedWeight q;
+  cuda::QbitsDeviceAlloc dev;
+  std::vector<float> deq;  // rows x cols, dequantize_row
+  std::vector<float> mag;  // rows x cols, s * (|code| + |zero|)
+  explicit Weight(QuantizedWeight w) : q(std::move(w)) {
+    dev = cuda::upload_qbits(pack_qbits_for_gpu(q));
+    deq.resize(size_t(q.rows * q.cols));
+    mag.resize(deq.size());
+    const int64_t G = q.groups_per_row();
+    for (int64_t r = 0; r < q.rows; ++r) {
+      q.dequantize_row(r, deq.data() + r * q.cols);
+      for (int64_t c = 0; c < q.cols; ++c) {
+        const int64_t g = c / q.group;
+        mag[size_t(r * q.cols + c)] =
+            std::fabs(q.scales[size_t(r * G + g)]) * (float(q.code(r, c)) + std::fabs(q.zero(r, g)));
+      }
+    }
+  }
+  ~Weight() { cuda::free_qbits(dev); }
+  Weight(const Weight&) = delete;
+  Weight& operator=(const Weight&) = delete;
+};
+
+// Host op(x) / input_scale, m x K.
+std::vector<double> host_input(const Weight& w, const std::vector<float>& x, int64_t m, int64_t ldx, cuda::InputOp op,
+                               const std::vector<float>& nw) {
+  const int64_t K = w.q.cols;
+  std::vector<float> xin(size_t(m * K));
+  if (op == cuda::InputOp::RmsNorm) {
+    for (int64_t i = 0; i < m; ++i)
+      scalar::rmsnorm(x.data() + i * ldx, nw.data(), DType::F32, 1, K, 1e-5f, xin.data() + i * K);
+  } else if (op == cuda::InputOp::SiluMul) {
+    scalar::silu_mul(x.data(), x.data() + K, m, K, ldx, xin.data());
+  } else {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t c = 0; c < K; ++c) xin[size_t(i * K + c)] = x[size_t(i * ldx + c)];
+  }
+  std::vector<double> out(xin.begin(), xin.end());
+  if (!w.q.input_scale.empty())
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t c = 0; c < K; ++c) out[size_t(i * K + c)] /= double(w.q.input_scale[size_t(c)]);
+  return out;
+}
+
+void check_gemv(std::mt19937_64& rng, const Weight& w, int64_t m, cuda::InputOp op, bool bias, bool accumulate) {
+  const int64_t N = w.q.rows, K = w.q.cols;
+  SCOPED_TRACE(fmt::format("bits={} group={} asym={} inscale={} N={} K={} m={} op={} bias={} acc={}", w.q.bits, w.q.group,
+                           w.q.asymmetric, !w.q.input_scale.empty(), N, K, m, int(op), bias, accumulate));
+  const int64_t ldx = (op == cuda::InputOp::SiluMul ? 2 * K : K) + 4 * int64_t(rng() % 2);
+  const int64_t ldy = N + int64_t(rng() % 3);
+  const auto x = randn(rng, size_t(m * ldx)), nw = randn(rng, size_t(K)), b = randn(rng, size_t(N));
+  const auto y0 = randn(rng, size_t(m * ldy));
+  const auto xin = host_input(w, x, m, ldx, op, nw);
+
+  DeviceArray<float> dx(x), dnw(nw), db(b), dy(size_t(m * ldy));
+  if (accumulate) dy.upload(y0);
+  else dy.poison();
+  cuda::LinearArgs a;
+  a.x = dx.get(), a.m = m, a.ldx = ldx, a.op = op, a.norm_w = dnw.get(), a.eps = 1e-5f;
+  a.bias = bias ? db.get() : nullptr, a.accumulate = accumulate, a.y = dy.get(), a.ldy = ldy;
+  cuda::gemv_qbits(a, w.dev.w, nullptr);
+  const auto y = dy.download();
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t n = 0; n < N; ++n) {
+      double ref = 0, abs_sum = 0;
+      for (int64_t c = 0; c < K; ++c) {
+        const double xv = xin[size_t(i * K + c)];
+        ref += xv * w.deq[size_t(n * K + c)];
+        abs_sum += std::fabs(xv) * w.mag[size_t(n * K + c)];
+      }
+      if (bias) ref += b[size_t(n)], abs_sum += std::fabs(b[size_t(n)]);
+      if (accumulate) ref += y0[size_t(i * ldy + n)], abs_sum += std::fabs(y0[size_t(i * ldy + n)]);
+      const float got = y[size_t(i * ldy + n)];
+      ASSERT_TRUE(std::isfinite(got)) << "row " << i << " col " << n << " not written";
+      ASSERT_NEAR(got, ref, qdot_tol(K, abs_sum)) << "row " << i << " col " << n;
+    }
+  // Padding between output rows must stay untouched (poison when not accumulating).
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t n = N; n < ldy; ++n) {
+      const float got = y[size_t(i * ldy + n)];
+      if (accumulate) ASSERT_EQ(got, y0[size_t(i * ldy + n)]) << "padding written";
+      else ASSERT_TRUE(std::isnan(got)) << "padding written";
+    }
+}
+
+TEST(CudaQbits, GemvMatchesDequantizedReference) {
+  ANYBIT_REQUIRE_CUDA();
+  const uint64_t seed = test::qbits_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (int bits = 2; bits <= 8; ++bits)
+    for (int group : {32, 64, 128})
+      for (bool asym : {false, true})
+        for (bool inscale : {false, true}) {
+          test::QSpec s;
+          s.bits = bits, s.group = group, s.asym = asym, s.input_scale = inscale;
+          s.rows = int64_t(1 + rng() % 150);
+          s.cols = int64_t(group) * int64_t(1 + rng() % (1024 / group));
+          s.f32_meta = rng() % 4 == 0;
+          const Weight w(test::random_qweight(s, rng));
+          for (int64_t m : {1, 2, 3, 4, 7})
+            for (auto op : {cuda::InputOp::None, cuda::InputOp::RmsNorm, cuda::InputOp::SiluMul}) {
+              check_gemv(rng, w, m, op, rng() % 2 == 0, rng() % 2 == 0);
+              if (HasFatalFailure()) return;
+            }
+        }
+}
+
+// Shapes that take the other code paths: split-K over 2..8 warps (small N, long K), x too
+// large for shared memory (read from global memory), many row groups.
+TEST(CudaQbits, GemvSplitKAndUnstagedPaths) {
+  ANYBIT_REQUIRE_CUDA();
+  const uint64_t seed = test::qbits_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  struct Case {
+    int bits;
+    int64_t n, k;
+  };
+  for (const Case& c : {Case{4, 40, 4096}, Case{2, 37, 8192}, Case{3, 9, 16384}, Case{8, 6, 16384}, Case{5, 3000, 256},
+                        Case{7, 2, 2048}, Case{6, 1030, 12288}}) {
+    test::QSpec s;
+    s.bits = c.bits, s.group = 128, s.asym = rng() % 2 == 0, s.input_scale = rng() % 2 == 0;
+    s.rows = c.n, s.cols = c.k;
+    const Weight w(test::random_qweight(s, rng));
+    for (int64_t m : {1, 2, 4})
+      for (auto op : {cuda::InputOp::None, cuda::InputOp::RmsNorm, cuda::InputOp::SiluMul}) {
+        check_gemv(rng, w, m, op, true, op == cuda::InputOp::SiluMul);
+        if (HasFatalFailure()) return;
+      }
+  }
+}
+
+// The fused gate|up epilogue: rows interleave gate and up, y[i][j] = silu(gate_j) * up_j.
+TEST(CudaQbits, GemvSiluPairs) {
+  ANYBIT_REQUIRE_CUDA();
+  const uint64_t seed = test::qbits_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (int bits : {2, 4, 5, 8})
+    for (int64_t m : {1, 3, 4, 6}) {
+      test::QSpec s;
+      s.bits = bits, s.group = 64, s.asym = bits == 5, s.input_scale = bits == 8;
+      s.rows = 2 * int64_t(1 + rng() % 200), s.cols = 64 * int64_t(1 + rng() % 16);
+      const Weight w(test::random_qweight(s, rng));
+      const int64_t N = s.rows, K = s.cols;
+      SCOPED_TRACE(fmt::format("pairs bits={} N={} K={} m={}", bits, N, K, m));
+      const auto x = randn(rng, size_t(m * K)), nw = randn(rng, size_t(K)), b = randn(rng, size_t(N));
+      const auto xin = host_input(w, x, m, K, cuda::InputOp::RmsNorm, nw);
+      DeviceArray<float> dx(x), dnw(nw), db(b), dy(size_t(m * N / 2));
+      dy.poison();
+      cuda::LinearArgs a;
+      a.x = dx.get(), a.m = m, a.ldx = K, a.op = cuda::InputOp::RmsNorm, a.norm_w = dnw.get(), a.bias = db.get();
+      a.silu_pairs = true, a.y = dy.get(), a.ldy = N / 2;
+      cuda::gemv_qbits(a, w.dev.w, nullptr);
+      const auto y = dy.download();
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < N / 2; ++j) {
+          double g = b[size_t(2 * j)], u = b[size_t(2 * j + 1)], ga = std::fabs(g), ua = std::fabs(u);
+          for (int64_t c = 0; c < K; ++c) {
+            const double xv = xin[size_t(i * K + c)];
+            g += xv * w.deq[size_t(2 * j * K + c)], ga += std::fabs(xv) * w.mag[size_t(2 * j * K + c)];
+            u += xv * w.deq[size_t((2 * j + 1) * K + c)], ua += std::fabs(xv) * w.mag[size_t((2 * j + 1) * K + c)];
+          }
+          const double ref = g / (1.0 + std::exp(-g)) * u;
+          const double tol = 1.1 * std::fabs(u) * qdot_tol(K, ga) + (std::fabs(g) + 1) * qdot_tol(K, ua) + 1e-6;
+          const float got = y[size_t(i * N / 2 + j)];
+          ASSERT_TRUE(std::isfinite(got)) << "row " << i << " col " << j << " not written";
+          ASSERT_NEAR(got, ref, tol) << "row " << i << " col " << j;
+        }
+    }
+}
+
+// Captured into a CUDA graph and replayed, the GEMV gives bit-identical results.
+TEST(CudaQbits, GemvGraphCaptureMatchesDirectLaunch) {
+  ANYBIT_REQUIRE_CUDA();
+  std::mt19937_64 rng(test::qbits_seed());
+  test::QSpec s;
+  s.bits = 4, s.group = 128, s.rows = 300, s.cols = 2048, s.asym = true;
+  const Weight w(test::random_qweight(s, rng));
+  const int64_t m = 3;
+  const auto x = randn(rng, size_t(m * s.cols)), nw = randn(rng, size_t(s.cols));
+  DeviceArray<float> dx(x), dnw(nw), dy1(size_t(m * s.rows)), dy2(size_t(m * s.rows));
+  cuda::LinearArgs a;
+  a.x = dx.get(), a.m = m, a.ldx = s.cols, a.op = cuda::InputOp::RmsNorm, a.norm_w = dnw.get(), a.y = dy1.get(),
+  a.ldy = s.rows;
+  dy1.poison(), dy2.poison();
+  cuda::gemv_qbits(a, w.dev.w, nullptr);
+  const auto direct = dy1.download();
+  cudaStream_t st = nullptr;
+  ANYBIT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaGraph_t g = nullptr;
+  cudaGraphExec_t ge = nullptr;
+  a.y = dy2.get();
+  ANYBIT_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+  cuda::gemv_qbits(a, w.dev.w, st);
+  ANYBIT_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+  ANYBIT_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+  ANYBIT_CUDA_CHECK(cudaGraphLaunch(ge, st));
+  ANYBIT_CUDA_CHECK(cudaStreamSynchronize(st));
+  const auto replay = dy2.download();
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaStreamDestroy(st);
+  for (size_t i = 0; i < direct.size(); ++i) ASSERT_EQ(std::memcmp(&direct[i], &replay[i], 4), 0) << i;
+}
+
+TEST(CudaQbits, RefusesUnsupportedArguments) {
+  ANYBIT_REQUIRE_CUDA();
+  std::mt19937_64 rng(3);
+  test::QSpec s;
+  s.bits = 4, s.group = 32, s.rows = 7, s.cols = 64;
+  const Weight w(test::random_qweight(s, rng));
+  DeviceArray<float> dx(size_t(2 * 64 + 8)), dy(size_t(64));
+  cuda::LinearArgs a;
+  a.x = dx.get(), a.m = 1, a.ldx = 64, a.y = dy.get(), a.ldy = 7;
+  a.ldx = 62;
+  EXPECT_THROW(cuda::gemv_qbits(a, w.dev.w, nullptr), Error);  // ldx % 4
+  a.ldx = 64, a.x = dx.get() + 1;
+  EXPECT_THROW(cuda::gemv_qbits(a, w.dev.w, nullptr), Error);  // misaligned x
+  a.x = dx.get(), a.silu_pairs = true;
+  EXPECT_THROW(cuda::gemv_qbits(a, w.dev.w, nullptr), Error);  // odd N
+  a.silu_pairs = false, a.op = cuda::InputOp::RmsNorm, a.norm_w = nullptr;
+  EXPECT_THROW(cuda::gemv_qbits(a, w.dev.w, nullptr), Error);  // no norm weight
+  test::QSpec s8 = s;
+  s8.act_bits = 8;
+  EXPECT_THROW(pack_qbits_for_gpu(test::random_qweight(s8, rng)), Error);  // W*A8 is CPU-only
+}
+
+}  // namespace
+}  // namespace anybit
+
+#else
+TEST(CudaQbits, SkippedWithoutCuda) { GTEST_SKIP() << "built without CUDA: QBITS GPU tests skipped"; }
+#endif
