@@ -15,6 +15,10 @@
 #include "core/dtype.h"
 #include "core/kquants.h"
 #include "formats/gguf_reader.h"
+#include "formats/tensor_store.h"
+#include "model/kv_cache.h"
+#include "model/llama.h"
+#include "runtime/random_model.h"
 #include "formats/gguf_writer.h"
 #include "kernels/dispatch.h"
 #include "test_gguf_common.h"
@@ -261,6 +265,59 @@ TEST(KQuants, GgufTypeIdsMapToDtypes) {
     ASSERT_EQ(v.nbytes, data[size_t(i)].size());
     EXPECT_EQ(std::memcmp(v.data, data[size_t(i)].data(), v.nbytes), 0);
     EXPECT_EQ(dtype_to_ggml_type(kKTypes[i]), ids[i]);
+  }
+}
+
+
+// llama.cpp's K-quant files quantize token_embd too: the model must accept such a table
+// and look up exactly the dequantized rows (logits equal to those of an f32 table holding
+// the same values).
+TEST(KQuants, KQuantEmbeddingTableGivesTheDequantizedRows) {
+  const uint64_t seed = test::qbits_seed();
+  SCOPED_TRACE("seed=" + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  ModelConfig cfg = named_shape("tiny");
+  cfg.vocab = 1024;
+  const int64_t H = cfg.hidden;
+  const ModelFiles base = make_random_model(cfg, DType::F32, seed);
+  std::vector<int32_t> ids(9);
+  for (auto& id : ids) id = int32_t(rng() % uint64_t(cfg.vocab));
+  for (DType t : kKTypes) {
+    SCOPED_TRACE(dtype_name(t));
+    std::vector<uint8_t> blocks = random_blocks(t, cfg.vocab * H / 256, rng);
+    std::vector<float> table(size_t(cfg.vocab * H));
+    const size_t rb = dtype_row_bytes(t, H);
+    for (int64_t r = 0; r < cfg.vocab; ++r) dequantize_row(t, blocks.data() + size_t(r) * rb, table.data() + r * H, H);
+    auto with_embedding = [&](DType dt, std::vector<uint8_t> bytes) {
+      auto st = std::make_shared<TensorStore>();
+      for (const auto& [name, view] : base.weights->all())
+        if (name != "model.embed_tokens.weight") st->add(view);
+      TensorView e;
+      e.name = "model.embed_tokens.weight";
+      e.shape = {cfg.vocab, H};
+      e.dtype = dt;
+      e.nbytes = bytes.size();
+      e.data = st->own(std::move(bytes));
+      st->add(e);
+      return st;
+    };
+    std::vector<uint8_t> f32_bytes(table.size() * sizeof(float));
+    std::memcpy(f32_bytes.data(), table.data(), f32_bytes.size());
+    std::vector<float> logits[2];
+    int k = 0;
+    for (auto store : {with_embedding(t, blocks), with_embedding(DType::F32, std::move(f32_bytes))}) {
+      LlamaModel model(cfg, store);
+      KVCache kv(cfg, 4);
+      SequenceKV seq;
+      ForwardOutput out;
+      out.logits.assign(size_t(ids.size()) * size_t(cfg.vocab), std::numeric_limits<float>::quiet_NaN());
+      model.forward({BatchEntry{&seq, ids.data(), int64_t(ids.size()), true}}, kv, out);
+      kv.release(seq);
+      logits[k++] = out.logits;
+    }
+    ASSERT_EQ(logits[0].size(), size_t(ids.size()) * size_t(cfg.vocab));
+    for (float v : logits[0]) ASSERT_TRUE(std::isfinite(v));
+    EXPECT_EQ(logits[0], logits[1]);
   }
 }
 

@@ -60,8 +60,11 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, std::shared_ptr<const TensorStore
   };
 
   embed_ = &w.get("model.embed_tokens.weight", {cfg.vocab, H});
-  if (embed_->dtype != DType::F32 && embed_->dtype != DType::F16 && embed_->dtype != DType::BF16 &&
-      embed_->dtype != DType::Q8_0 && embed_->dtype != DType::Q4_0)
+  // Rows are looked up one at a time through dequantize_row, which reads every stored
+  // dtype (GGUF blocks and K-quants included); only the any-bit matrices and integer
+  // tensors are not tables it can read.
+  if (embed_->dtype == DType::QBITS || embed_->dtype == DType::I32 || embed_->dtype == DType::I64 ||
+      H % dtype_block_size(embed_->dtype) != 0)
     fail("{}: embedding dtype {} is not supported", origin, dtype_name(embed_->dtype));
   final_norm_ = vec("model.norm.weight", H);
   if (cfg.tie_embeddings && !w.contains("lm_head.weight")) {
