@@ -55,6 +55,12 @@ TEST(Cli, PerplexityMatchesTheReferenceProtocol) {
   const double ppl = std::stod(line.substr(6));
   const double want = reference()["ppl_val"].get<double>();
   EXPECT_LT(std::fabs(ppl - want) / want, 0.002) << "ppl " << ppl << " vs " << want;
+  // reference.json's value sits 0.19% below what transformers itself gives for the stated
+  // protocol (recomputed in fp32 and bf16, eager and SDPA: tests/fixtures/tiny-llama-ppl.json);
+  // against that recomputation the agreement must be at the printed precision.
+  const json hf = json::parse(read_text_file(std::string(ANYBIT_SOURCE_DIR) + "/tests/fixtures/tiny-llama-ppl.json"));
+  const double hf_ppl = hf["ppl"]["eager-float32"].get<double>();
+  EXPECT_LT(std::fabs(ppl - hf_ppl) / hf_ppl, 1e-5) << "ppl " << ppl << " vs transformers " << hf_ppl;
 }
 
 TEST(Cli, BenchOnANamedShape) {
