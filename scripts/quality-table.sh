@@ -60,7 +60,7 @@ for c in $CONFIGS; do
   if [ "$a" = mix ]; then
     name="mix${b}"; args=(--target-bpw "$b" --calib "$CALIB"); label="mixed $b bpw g128"
   else
-    name="w${a}g${b}c${calib}"; args=(--bits "$a" --group "$b"); label="W$a g$b"
+    name="w${a}g${b}c${calib}"; args=(--bits "$a" --group "$b" --sym); label="W$a g$b"
     [ "$calib" = 1 ] && args+=(--calib "$CALIB")
   fi
   out="$WORK/$name"

@@ -70,6 +70,39 @@ TEST(Cli, BenchOnANamedShape) {
   EXPECT_NE(res.out.find("| tg8 |"), std::string::npos) << res.out;
 }
 
+// The quantize command end to end: the folder it writes loads and generates, and the group
+// mode follows the documented defaults (asymmetric at 2..3 bits unless --sym).
+TEST(Cli, QuantizeWritesALoadableFolderWithTheDefaultGroupMode) {
+  test::TempDir tmp;
+  struct Case {
+    std::string args;
+    bool want_sym;
+  };
+  int index = 0;
+  for (const Case& c : {Case{"--bits 3", false}, Case{"--bits 3 --sym", true}, Case{"--bits 8", true}}) {
+    SCOPED_TRACE(c.args);
+    const std::string out = tmp.file("q" + std::to_string(index++));
+    auto q = test::run_cli("quantize -o " + out + " --quantizer rtn " + c.args);
+    ASSERT_EQ(q.exit_code, 0) << q.err;
+    const json cfg = json::parse(read_text_file(out + "/quantization_config.json"));
+    ASSERT_TRUE(cfg.contains("matrices"));
+    int checked = 0;
+    const std::string st = read_text_file(out + "/model.safetensors");
+    const uint64_t hlen = *reinterpret_cast<const uint64_t*>(st.data());
+    const json header = json::parse(st.substr(8, size_t(hlen)));
+    for (const auto& [name, meta] : header["__metadata__"].items()) {
+      if (name.rfind("model.layers.", 0) != 0) continue;
+      const json m = json::parse(meta.get<std::string>());
+      EXPECT_EQ(m["sym"].get<bool>(), c.want_sym) << name;
+      ++checked;
+    }
+    EXPECT_EQ(checked, 8 * 7);  // 8 layers x q, k, v, o, gate, up, down
+    auto run = test::run_cli("run -m " + out + " -p 'The kernel' -n 12");
+    ASSERT_EQ(run.exit_code, 0) << run.err;
+    EXPECT_FALSE(run.out.empty());
+  }
+}
+
 TEST(Cli, BadInputGivesOneLineErrorAndNonZeroExit) {
   test::TempDir tmp;
   // A model folder whose weights file is cut in half.
