@@ -39,12 +39,7 @@ std::vector<uint8_t> random_weights(std::mt19937_64& rng, DType t, int64_t rows,
   return w;
 }
 
-std::vector<float> randn(std::mt19937_64& rng, size_t n, float sd = 1.0f) {
-  std::normal_distribution<float> nd(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
+using test::randn;
 
 // Relative error bound of an fp32 dot product of length k against a double reference,
 // scaled by sum |x||w| (loose: any ordering of the fp32 sum).

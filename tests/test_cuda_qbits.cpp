@@ -26,12 +26,7 @@ namespace {
 
 using test::DeviceArray;
 
-std::vector<float> randn(std::mt19937_64& rng, size_t n, float sd = 1.0f) {
-  std::normal_distribution<float> nd(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
+using test::randn;
 
 // An fp32 sum of k terms is within k * 2^-24 * sum |term| of the exact one; the kernel
 // sums x * q and z * sum x separately, so its terms are bounded by |x| s (|q| + |z|).

@@ -14,6 +14,18 @@
       GTEST_SKIP() << "no CUDA device visible (or built without CUDA): GPU test skipped";    \
   } while (0)
 
+namespace anybit::test {
+
+// n normal draws with standard deviation sd (fresh inputs for a kernel test).
+inline std::vector<float> randn(std::mt19937_64& rng, size_t n, float sd = 1.0f) {
+  std::normal_distribution<float> nd(0.0f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+}  // namespace anybit::test
+
 #ifdef ANYBIT_WITH_CUDA
 #include <cuda_runtime_api.h>
 

@@ -72,6 +72,28 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+
+// RMSNorm's 1 / rms(x_i) for M rows from per-thread partial sums of squares `ss`, reduced
+// over the block's WARPS warps through `s_part` / `s_inv` (shared); every thread gets all M.
+template <int M, int WARPS>
+__device__ __forceinline__ void block_rms_inv(float (&ss)[M], float (*s_part)[M], float* s_inv, int64_t K,
+                                              float eps, float (&inv)[M]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+    ss[i] = warp_sum(ss[i]);
+    if (lane == 0) s_part[warp][i] = ss[i];
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    float t = 0.0f;
+    for (int w = 0; w < WARPS; ++w) t += s_part[w][threadIdx.x];
+    s_inv[threadIdx.x] = 1.0f / sqrtf(t / float(K) + eps);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < M; ++i) inv[i] = s_inv[i];
+}
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));

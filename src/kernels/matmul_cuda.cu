@@ -121,20 +121,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
         }
     }
     if constexpr (OP == InputOp::RmsNorm) {
-#pragma unroll
-      for (int i = 0; i < M; ++i) {
-        ss[i] = warp_sum(ss[i]);
-        if (lane == 0) s_red[warp][i] = ss[i];
-      }
-      __syncthreads();
-      if (threadIdx.x < M) {
-        float t = 0.0f;
-        for (int w = 0; w < kWarps; ++w) t += s_red[w][threadIdx.x];
-        s_inv[threadIdx.x] = 1.0f / sqrtf(t / float(p.K) + p.eps);
-      }
-      __syncthreads();
-#pragma unroll
-      for (int i = 0; i < M; ++i) inv[i] = s_inv[i];
+      block_rms_inv<M, kWarps>(ss, s_red, s_inv, p.K, p.eps, inv);
       if (p.stage) {
         // x * inv * w, the CPU's order of operations
         for (int64_t c = threadIdx.x; c < p.K; c += kThreads)

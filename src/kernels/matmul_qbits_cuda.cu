@@ -222,18 +222,8 @@ __global__ void __launch_bounds__(kQThreads) qbits_gemv_kernel(const QParams p) 
           const float v = p.x[i * p.ldx + c];
           ss[i] += v * v;
         }
-      ss[i] = warp_sum(ss[i]);
-      if (lane == 0) s_part[warp][i] = ss[i];
     }
-    __syncthreads();
-    if (threadIdx.x < M) {
-      float t = 0.0f;
-      for (int w = 0; w < kQWarps; ++w) t += s_part[w][threadIdx.x];
-      s_inv[threadIdx.x] = 1.0f / sqrtf(t / float(p.K) + p.eps);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < M; ++i) inv[i] = s_inv[i];
+    block_rms_inv<M, kQWarps>(ss, s_part, s_inv, p.K, p.eps, inv);
   }
   if (p.stage) {
 #pragma unroll
