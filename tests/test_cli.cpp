@@ -70,6 +70,15 @@ TEST(Cli, BenchOnANamedShape) {
   EXPECT_NE(res.out.find("| tg8 |"), std::string::npos) << res.out;
 }
 
+// A random any-bit model runs on the default device (the CUDA model when a GPU is visible).
+TEST(Cli, BenchOnARandomQbitsShape) {
+  auto res = test::run_cli("bench --shape tiny --bits 3 -p 16 -n 8 -r 2");
+  ASSERT_EQ(res.exit_code, 0) << res.err;
+  EXPECT_NE(res.out.find("| pp16 |"), std::string::npos) << res.out;
+  EXPECT_NE(res.out.find("| tg8 |"), std::string::npos) << res.out;
+  EXPECT_NE(res.out.find("qbits: 3 bits, group 128"), std::string::npos) << res.out;
+}
+
 // The quantize command end to end: the folder it writes loads and generates, and the group
 // mode follows the documented defaults (asymmetric at 2..3 bits unless --sym).
 TEST(Cli, QuantizeWritesALoadableFolderWithTheDefaultGroupMode) {

@@ -29,18 +29,26 @@ using test::DeviceArray;
 using test::randn;
 
 // An fp32 sum of k terms is within k * 2^-24 * sum |term| of the exact one; the kernel
-// sums x * q and z * sum x separately, so its terms are bounded by |x| s (|q| + |z|).
+// sums the chunks' x * (q - round z) and frac(z) * sum x separately, so its fp32 terms are
+// bounded by |x| s (|q| + |z|).
 double qdot_tol(int64_t k, double abs_sum) { return 4.0 * double(k + 64) / double(1 << 24) * abs_sum + 1e-6; }
+// The f16 part (A16): x is rounded to f16 (relative 2^-11 each, bounded by 2^-10 sum |x w|
+// with the rounding of x * s), and each half lane of a chunk accumulates 16 products
+// x (q - round z) in f16, every step within 2^-11 of the partial sum, which is at most the
+// sum of the products' magnitudes: 16 * 2^-11 = 2^-7 of sum |x| s |q - round z|.
+double a16_tol(double h_sum, double xw_sum) { return h_sum / 128.0 + xw_sum / 1024.0; }
 
 struct Weight {
   QuantizedWeight q;
   cuda::QbitsDeviceAlloc dev;
   std::vector<float> deq;  // rows x cols, dequantize_row
   std::vector<float> mag;  // rows x cols, s * (|code| + |zero|)
+  std::vector<float> hmag;  // rows x cols, s * |code - round(zero)|: the f16 products' size
   explicit Weight(QuantizedWeight w) : q(std::move(w)) {
     dev = cuda::upload_qbits(pack_qbits_for_gpu(q));
     deq.resize(size_t(q.rows * q.cols));
     mag.resize(deq.size());
+    hmag.resize(deq.size());
     const int64_t G = q.groups_per_row();
     for (int64_t r = 0; r < q.rows; ++r) {
       q.dequantize_row(r, deq.data() + r * q.cols);
@@ -48,6 +56,8 @@ struct Weight {
         const int64_t g = c / q.group;
         mag[size_t(r * q.cols + c)] =
             std::fabs(q.scales[size_t(r * G + g)]) * (float(q.code(r, c)) + std::fabs(q.zero(r, g)));
+        hmag[size_t(r * q.cols + c)] =
+            std::fabs(q.scales[size_t(r * G + g)]) * std::fabs(float(q.code(r, c)) - std::nearbyint(q.zero(r, g)));
       }
     }
   }
@@ -97,17 +107,19 @@ void check_gemv(std::mt19937_64& rng, const Weight& w, int64_t m, cuda::InputOp 
   const auto y = dy.download();
   for (int64_t i = 0; i < m; ++i)
     for (int64_t n = 0; n < N; ++n) {
-      double ref = 0, abs_sum = 0;
+      double ref = 0, abs_sum = 0, h_sum = 0, xw_sum = 0;
       for (int64_t c = 0; c < K; ++c) {
         const double xv = xin[size_t(i * K + c)];
         ref += xv * w.deq[size_t(n * K + c)];
         abs_sum += std::fabs(xv) * w.mag[size_t(n * K + c)];
+        h_sum += std::fabs(xv) * w.hmag[size_t(n * K + c)];
+        xw_sum += std::fabs(xv * w.deq[size_t(n * K + c)]);
       }
       if (bias) ref += b[size_t(n)], abs_sum += std::fabs(b[size_t(n)]);
       if (accumulate) ref += y0[size_t(i * ldy + n)], abs_sum += std::fabs(y0[size_t(i * ldy + n)]);
       const float got = y[size_t(i * ldy + n)];
       ASSERT_TRUE(std::isfinite(got)) << "row " << i << " col " << n << " not written";
-      ASSERT_NEAR(got, ref, qdot_tol(K, abs_sum)) << "row " << i << " col " << n;
+      ASSERT_NEAR(got, ref, qdot_tol(K, abs_sum) + a16_tol(h_sum, xw_sum)) << "row " << i << " col " << n;
     }
   // Padding between output rows must stay untouched (poison when not accumulating).
   for (int64_t i = 0; i < m; ++i)
@@ -192,18 +204,102 @@ TEST(CudaQbits, GemvSiluPairs) {
       for (int64_t i = 0; i < m; ++i)
         for (int64_t j = 0; j < N / 2; ++j) {
           double g = b[size_t(2 * j)], u = b[size_t(2 * j + 1)], ga = std::fabs(g), ua = std::fabs(u);
+          double gh = 0, uh = 0, gx = 0, ux = 0;
           for (int64_t c = 0; c < K; ++c) {
             const double xv = xin[size_t(i * K + c)];
-            g += xv * w.deq[size_t(2 * j * K + c)], ga += std::fabs(xv) * w.mag[size_t(2 * j * K + c)];
-            u += xv * w.deq[size_t((2 * j + 1) * K + c)], ua += std::fabs(xv) * w.mag[size_t((2 * j + 1) * K + c)];
+            const size_t gi = size_t(2 * j * K + c), ui = size_t((2 * j + 1) * K + c);
+            g += xv * w.deq[gi], ga += std::fabs(xv) * w.mag[gi];
+            u += xv * w.deq[ui], ua += std::fabs(xv) * w.mag[ui];
+            gh += std::fabs(xv) * w.hmag[gi], uh += std::fabs(xv) * w.hmag[ui];
+            gx += std::fabs(xv * w.deq[gi]), ux += std::fabs(xv * w.deq[ui]);
           }
           const double ref = g / (1.0 + std::exp(-g)) * u;
-          const double tol = 1.1 * std::fabs(u) * qdot_tol(K, ga) + (std::fabs(g) + 1) * qdot_tol(K, ua) + 1e-6;
+          // silu has slope <= 1.1 and |silu(g)| <= |g| + 1.
+          const double tg = qdot_tol(K, ga) + a16_tol(gh, gx), tu = qdot_tol(K, ua) + a16_tol(uh, ux);
+          const double tol = 1.1 * (std::fabs(u) + tu) * tg + (std::fabs(g) + tg + 1) * tu + 1e-6;
           const float got = y[size_t(i * N / 2 + j)];
           ASSERT_TRUE(std::isfinite(got)) << "row " << i << " col " << j << " not written";
           ASSERT_NEAR(got, ref, tol) << "row " << i << " col " << j;
         }
     }
+}
+
+// With x in {-1, 0, 1} every f16 product and partial sum of the kernel is exact (the
+// sums stay below 2048 half-units), so the only error left is fp32 rounding across chunks:
+// a tight check that catches a single wrong code, scale or zero anywhere in the layout.
+TEST(CudaQbits, GemvExactOnSmallIntegerInputs) {
+  ANYBIT_REQUIRE_CUDA();
+  const uint64_t seed = test::qbits_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (int bits = 2; bits <= 8; ++bits)
+    for (bool asym : {false, true}) {
+      if (asym && bits == 8) continue;  // |q - z| up to 255: 16 of them exceed f16's exact range
+      test::QSpec s;
+      s.bits = bits, s.group = 32 << (rng() % 3), s.asym = asym;
+      s.rows = int64_t(1 + rng() % 70), s.cols = int64_t(s.group) * int64_t(1 + rng() % (2048 / s.group));
+      s.f32_meta = asym && rng() % 2 == 0;  // fractional zeros: the frac(z) * sum x path
+      const Weight w(test::random_qweight(s, rng));
+      const int64_t N = s.rows, K = s.cols;
+      for (int64_t m : {1, 2, 4}) {
+        SCOPED_TRACE(fmt::format("exact bits={} asym={} group={} N={} K={} m={}", bits, asym, s.group, N, K, m));
+        std::vector<float> x(size_t(m * K));
+        for (auto& v : x) v = float(int(rng() % 3) - 1);
+        x[size_t(rng() % x.size())] = 1.0f;  // max |x| = 1 in at least one row
+        DeviceArray<float> dx(x), dy(size_t(m * N));
+        dy.poison();
+        cuda::LinearArgs a;
+        a.x = dx.get(), a.m = m, a.ldx = K, a.y = dy.get(), a.ldy = N;
+        cuda::gemv_qbits(a, w.dev.w, nullptr);
+        const auto y = dy.download();
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t n = 0; n < N; ++n) {
+            double ref = 0, abs_sum = 0;
+            for (int64_t c = 0; c < K; ++c) {
+              ref += double(x[size_t(i * K + c)]) * w.deq[size_t(n * K + c)];
+              abs_sum += std::fabs(x[size_t(i * K + c)]) * w.mag[size_t(n * K + c)];
+            }
+            ASSERT_NEAR(y[size_t(i * N + n)], ref, qdot_tol(K, abs_sum)) << "row " << i << " col " << n;
+          }
+      }
+    }
+}
+
+// The prefill path (dequantize to bf16 + GEMM): bf16 rounding of every weight (2^-9
+// relative) on top of the GEMM's own error.
+TEST(CudaQbits, GemmPathMatchesDequantizedReference) {
+  ANYBIT_REQUIRE_CUDA();
+  const uint64_t seed = test::qbits_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (int bits : {2, 3, 4, 6, 8}) {
+    test::QSpec s;
+    s.bits = bits, s.group = 64, s.asym = bits % 2 == 1, s.input_scale = bits == 4;
+    s.rows = int64_t(8 + rng() % 300), s.cols = 64 * int64_t(1 + rng() % 24);
+    const Weight w(test::random_qweight(s, rng));
+    const int64_t N = s.rows, K = s.cols;
+    for (int64_t m : {5, 17, 40}) {
+      SCOPED_TRACE(fmt::format("gemm bits={} N={} K={} m={}", bits, N, K, m));
+      const auto x = randn(rng, size_t(m * K));
+      const auto xin = host_input(w, x, m, K, cuda::InputOp::None, {});
+      DeviceArray<float> dx(x), dy(size_t(m * N));
+      DeviceArray<uint8_t> scratch(cuda::qbits_scratch_bytes(w.dev.w) + 256);
+      dy.poison();
+      cuda::LinearArgs a;
+      a.x = dx.get(), a.m = m, a.ldx = K, a.y = dy.get(), a.ldy = N;
+      cuda::linear_qbits(a, w.dev.w, scratch.get(), nullptr);
+      const auto y = dy.download();
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t n = 0; n < N; ++n) {
+          double ref = 0, xw = 0;
+          for (int64_t c = 0; c < K; ++c) {
+            ref += xin[size_t(i * K + c)] * w.deq[size_t(n * K + c)];
+            xw += std::fabs(xin[size_t(i * K + c)] * w.deq[size_t(n * K + c)]);
+          }
+          ASSERT_NEAR(y[size_t(i * N + n)], ref, xw / 256.0 + 1e-5) << "row " << i << " col " << n;
+        }
+    }
+  }
 }
 
 // Captured into a CUDA graph and replayed, the GEMV gives bit-identical results.
@@ -249,10 +345,13 @@ TEST(CudaQbits, RefusesUnsupportedArguments) {
   DeviceArray<float> dx(size_t(2 * 64 + 8)), dy(size_t(64));
   cuda::LinearArgs a;
   a.x = dx.get(), a.m = 1, a.ldx = 64, a.y = dy.get(), a.ldy = 7;
-  a.ldx = 62;
-  EXPECT_THROW(cuda::gemv_qbits(a, w.dev.w, nullptr), Error);  // ldx % 4
+  a.ldx = 65;
+  EXPECT_THROW(cuda::gemv_qbits(a, w.dev.w, nullptr), Error);  // odd ldx
   a.ldx = 64, a.x = dx.get() + 1;
-  EXPECT_THROW(cuda::gemv_qbits(a, w.dev.w, nullptr), Error);  // misaligned x
+  EXPECT_THROW(cuda::gemv_qbits(a, w.dev.w, nullptr), Error);  // x not 8-byte aligned
+  a.x = dx.get(), a.m = 5;
+  EXPECT_THROW(cuda::gemm_qbits(a, w.dev.w, nullptr, nullptr), Error);  // no scratch
+  a.m = 1;
   a.x = dx.get(), a.silu_pairs = true;
   EXPECT_THROW(cuda::gemv_qbits(a, w.dev.w, nullptr), Error);  // odd N
   a.silu_pairs = false, a.op = cuda::InputOp::RmsNorm, a.norm_w = nullptr;

@@ -96,6 +96,34 @@ TEST(QbitsCudaPack, OneInexactScaleSelectsFp32) {
   EXPECT_FALSE(pack_qbits_for_gpu(w).zeros_f16);
 }
 
+// The pair order the f16x2 kernel relies on, pinned by hand: columns 2p and 2p+1 of a
+// chunk share a bit position in the low and high halves of one 32-bit word.
+TEST(QbitsCudaPack, PairOrderLayout) {
+  // width 4, 64 columns (2 chunks of 16 bytes): (row, col) -> bit
+  EXPECT_EQ(plane_bit(4, 64, 0, 0), 0);
+  EXPECT_EQ(plane_bit(4, 64, 0, 1), 16);
+  EXPECT_EQ(plane_bit(4, 64, 0, 2), 4);
+  EXPECT_EQ(plane_bit(4, 64, 0, 7), 16 + 12);
+  EXPECT_EQ(plane_bit(4, 64, 0, 8), 32);
+  EXPECT_EQ(plane_bit(4, 64, 0, 31), 3 * 32 + 16 + 12);
+  EXPECT_EQ(plane_bit(4, 64, 0, 32), 128);
+  EXPECT_EQ(plane_bit(4, 64, 1, 0), 256);
+  // width 2: 8 pairs per word; width 1: 16
+  EXPECT_EQ(plane_bit(2, 32, 0, 15), 16 + 14);
+  EXPECT_EQ(plane_bit(2, 32, 0, 16), 32);
+  EXPECT_EQ(plane_bit(1, 32, 0, 31), 16 + 15);
+  EXPECT_EQ(plane_bit(1, 64, 0, 33), 32 + 16);
+  // a packed 4-bit code lands there
+  QuantizedWeight w;
+  w.bits = 4, w.group = 32, w.rows = 1, w.cols = 32;
+  w.codes.assign(w.row_code_bytes(), 0);
+  w.codes[1] = 0x0b;  // code of column 2 = 11
+  w.scales.assign(1, 1.0f);
+  const QbitsGpuPack p = pack_qbits_for_gpu(w);
+  EXPECT_EQ(p.planes[0][0], 0xb0);  // column 2 at bits 4..7 of word 0
+  EXPECT_EQ(unpack_code(p, 0, 2), 11u);
+}
+
 TEST(QbitsCudaPack, MalformedWeightsThrow) {
   std::mt19937_64 rng(11);
   test::QSpec s;

@@ -47,6 +47,42 @@ double median_us(F&& launch, int reps) {
   return t[t.size() / 2];
 }
 
+// The same with the 20 launches captured into one CUDA graph (as the model's decode step
+// runs them): no host launch cost, only the kernels and the gaps between them.
+template <typename F>
+double median_graph_us(F&& launch, int reps) {
+  constexpr int kInner = 20;
+  cudaStream_t st;
+  ANYBIT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaGraph_t g = nullptr;
+  cudaGraphExec_t ge = nullptr;
+  ANYBIT_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int j = 0; j < kInner; ++j) launch(j, st);
+  ANYBIT_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+  ANYBIT_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+  for (int i = 0; i < 3; ++i) ANYBIT_CUDA_CHECK(cudaGraphLaunch(ge, st));
+  cudaEvent_t a, b;
+  ANYBIT_CUDA_CHECK(cudaEventCreate(&a));
+  ANYBIT_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    ANYBIT_CUDA_CHECK(cudaEventRecord(a, st));
+    ANYBIT_CUDA_CHECK(cudaGraphLaunch(ge, st));
+    ANYBIT_CUDA_CHECK(cudaEventRecord(b, st));
+    ANYBIT_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    ANYBIT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(double(ms) * 1000.0 / kInner);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaStreamDestroy(st);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 void* random_device_bytes(size_t bytes, DType t, std::mt19937_64& rng) {
   std::normal_distribution<float> nd(0.0f, 0.02f);
   std::vector<uint8_t> h(bytes);
@@ -137,12 +173,15 @@ int main() {
       }
   }
 
-  // QBITS W{4,2}A16 GEMV at the Llama-3-8B decode shapes (group 128, symmetric).
+  // QBITS W{4,2,8}A16 GEMV at the Llama-3-8B decode shapes (group 128, symmetric), the ops
+  // the model runs (down takes the SwiGLU output of the gate_up epilogue); timed inside a
+  // CUDA graph like the model's decode step ("graph" column: 20 launches in one graph).
   const Shape qshapes[] = {
       {"8B qkv (norm)", 6144, 4096, InputOp::RmsNorm}, {"8B o", 4096, 4096, InputOp::None},
-      {"8B gate_up (norm)", 28672, 4096, InputOp::RmsNorm}, {"8B down (silu)", 4096, 14336, InputOp::SiluMul},
+      {"8B gate_up (norm)", 28672, 4096, InputOp::RmsNorm}, {"8B down", 4096, 14336, InputOp::None},
+      {"8B lm_head (norm)", 8192, 4096, InputOp::RmsNorm},
   };
-  for (int bits : {4, 2}) {
+  for (int bits : {4, 2, 8}) {
     for (const Shape& s : qshapes) {
       const QbitsGpuPack pack = pack_qbits_for_gpu(*make_random_qweight(s.n, s.k, bits, 128, false, 7));
       const size_t wbytes = pack.weight_bytes();
@@ -157,7 +196,8 @@ int main() {
         ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&y), size_t(m * s.n) * 4));
         LinearArgs a;
         a.x = x, a.m = m, a.ldx = ldx, a.op = s.op, a.norm_w = nw, a.y = y, a.ldy = s.n;
-        const double us = median_us([&](int i) { gemv_qbits(a, ws[size_t(i) % ws.size()].w, nullptr); }, 15);
+        const double us =
+            median_graph_us([&](int i, cudaStream_t st) { gemv_qbits(a, ws[size_t(i) % ws.size()].w, st); }, 15);
         const double gbs = double(wbytes) / us / 1e3;
         std::printf("| gemv_qbits w%da16 g128 m=%lld | %s %lldx%lld | %.1f | %.0f | %.0f |\n", bits, (long long)m, s.name,
                     (long long)s.n, (long long)s.k, us, gbs, 100.0 * gbs / copy_gbs);

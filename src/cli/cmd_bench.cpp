@@ -72,9 +72,15 @@ int run_bench(const BenchArgs& a) {
     if (t.dtype == DType::QBITS && t.data) {
       const auto& q = *static_cast<const QuantizedWeight*>(t.data);
       label = "q" + std::to_string(q.bits) + "g" + std::to_string(q.group);
+      const int64_t pm = std::max<int64_t>(a.p, 1);
+      // The CPU names come from its measured kernel choice; the GPU has one path per batch size.
+      const bool gpu = engine->device() == Device::Cuda;
+      const std::string tg_kernel = gpu ? fmt::format("cuda gemv_qbits w{}a16", q.bits) : qbits_kernel_name(q, 1);
+      const std::string pp_kernel = gpu ? (pm <= 4 ? tg_kernel : std::string("cuda dequantize to bf16 + gemm"))
+                                        : qbits_kernel_name(q, pm);
       qbits_line = fmt::format("qbits: {} bits, group {}, {}: {:.3f} bits per weight; kernel tg (m=1): {}, pp (m={}): {}",
-                               q.bits, q.group, q.asymmetric ? "asymmetric" : "symmetric", q.bits_per_weight(),
-                               qbits_kernel_name(q, 1), std::max<int64_t>(a.p, 1), qbits_kernel_name(q, std::max<int64_t>(a.p, 1)));
+                               q.bits, q.group, q.asymmetric ? "asymmetric" : "symmetric", q.bits_per_weight(), tg_kernel,
+                               pm, pp_kernel);
       break;
     }
   std::mt19937 rng(7);

@@ -104,6 +104,12 @@ void free_qbits(QbitsDeviceAlloc& a);
 // (correct but re-reads W: no tensor-core GEMM for QBITS yet). x (and norm_w) must be 16-byte
 // aligned with ldx % 4 == 0. Enqueue only: graph-capturable.
 void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s);
+// Prefill (any m, op None only): W dequantized to bf16 into `scratch` (at least
+// qbits_scratch_bytes(w) bytes, 256-byte aligned, device), then the bf16 tensor-core gemm().
+size_t qbits_scratch_bytes(const QbitsDeviceWeight& w);
+void gemm_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);
+// gemv_qbits for m <= kGemvMaxRows, else gemm_qbits (op must then be None).
+void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);
 
 void rmsnorm(const float* x, int64_t ldx, const float* w, int64_t m, int64_t n, float eps, float* out,
              int64_t ldo, cudaStream_t s);

@@ -1,29 +1,37 @@
 // W{2..8}A16 GEMV on the QBITS any-bit format (layout: kernels/qbits_cuda_pack.h), decode
-// path (m <= 4 per launch), fp32 activations and accumulation.
+// path (m <= 4 per launch): fp16 activations and products, fp32 across chunks.
 //
 // Design, and why:
-// - At 4 bits a weight element is half a byte but needs 4 bytes of fp32 x per input row,
-//   so reading x (not W) would limit the kernel if every warp owned one output row. A
-//   warp owns kR = 4 rows instead and reuses each x value it loads for all four, which
-//   keeps shared-memory traffic per weight byte low enough for m = 1 (m = 4 is near the
-//   shared-memory limit and, at ~6 instructions per element, near the issue limit too).
-// - Lane l of a warp owns 32-column chunks q = q0 + l, q0 + l + 32, ...: per row and
-//   plane one 16/8/4-byte load, consecutive lanes reading consecutive addresses. A
-//   chunk lies inside one quantization group, so a lane needs one scale and one zero per
-//   row and chunk. The next chunk's loads are issued before the current one is consumed
-//   (register double buffer), and the first ones before waiting on the previous kernel
-//   (programmatic dependent launch), so DRAM latency overlaps the prologue.
-// - Fields become floats with no conversion instruction: (word & mask) | exponent gives
-//   2^E + field exactly, one FADD removes 2^E (see the header). Planes are recombined
-//   with exact FFMAs (the codes are small integers). The zero point is applied per chunk:
-//   sum x (q - z) = sum x q - z * sum x, with sum x shared by the kR rows.
-// - When N is small the K range is split over ks = 1..8 warps of a block (partial sums
-//   combined in shared memory), so a launch has enough warps to fill the chip.
-// - op(x) (RMSNorm / SiLU·mul, then * 1/input_scale) is computed once per block into
-//   shared memory, padded by 4 floats per 32 so that lanes reading consecutive chunks hit
-//   different banks; when it does not fit in 48 KiB it is applied while reading x from
-//   global memory (L1-cached, four rows per load).
+// - At 4 bits one FP32 FMA per weight, plus the field-to-float conversion, is near the
+//   SM's issue limit at the HBM rate (about 21 weights per clock per SM at 80% of the
+//   bandwidth). So the inner loop works on f16x2: one LOP3 places two codes (columns 2p
+//   and 2p+1 of a chunk, stored at the same bit of the two 16-bit halves of a word) under
+//   the exponent of 1024, one HFMA2 turns them into q - round(z) exactly (all integers
+//   below 2048), one HFMA2 per row of x multiplies by (x[2p], x[2p+1]) and accumulates.
+//   Planes of one code (e.g. 6 = 4 + 2 bits) are OR-ed together before the conversion.
+// - x is op(x) (RMSNorm's weight, SiLU·mul, 1/input_scale applied; RMSNorm's 1/rms is a
+//   scalar and is applied to the result instead) staged once per block in shared memory
+//   as f16, scaled by a power of two 2^-e so that |x| <= 1: then a chunk's 16-pair f16 sum
+//   is at most 16 * 255 * 2 in magnitude (no overflow at 8 bits) and the scaling is exact.
+//   Per chunk the half2 sum goes to fp32 and is scaled by the group's scale; the
+//   fractional part of an asymmetric zero is applied as -s * frac(z) * sum(x) with the
+//   chunk sums of x staged beside x.
+// - A warp owns kR = 4 output rows, so each x value read from shared memory serves four
+//   rows, and lane l the chunks l, l+32, ... of them: one 16/8/4-byte load per row and
+//   plane, consecutive lanes at consecutive addresses, the next chunk (possibly of the
+//   warp's next row group) loaded before the current one is used, the first ones before
+//   waiting on the previous kernel (programmatic dependent launch).
+// - Blocks loop over row groups (a persistent grid of at most as many blocks as fit on
+//   the GPU), so x is staged once per block, not once per 32 rows. When there are too few
+//   row groups to fill the GPU, K is split over ks = 2..8 warps of a block instead
+//   (partial sums combined in shared memory; one row group per warp, no loop).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <algorithm>
+#include <cmath>
+#include <map>
+#include <mutex>
 
 #include "core/error.h"
 #include "kernels/cuda_common.cuh"
@@ -36,8 +44,9 @@ using namespace detail;
 
 constexpr int kQThreads = 256;
 constexpr int kQWarps = kQThreads / 32;
-constexpr int kR = 4;  // output rows per warp
-constexpr int kMaxStageBytes = 48 * 1024;
+constexpr int kR = 4;                  // output rows per warp
+constexpr int kChunkWords = 20;        // 16 half2 of x per chunk + 4 words of padding
+constexpr size_t kMaxSmem = 220 * 1024;  // below the 227 KiB opt-in limit of sm_90
 
 // The plane split of qbits_plane_split() at compile time (checked against it at upload).
 __host__ __device__ constexpr int plane_count(int bits) { return bits == 2 || bits == 4 ? 1 : bits == 7 ? 3 : 2; }
@@ -52,6 +61,18 @@ __host__ __device__ constexpr int words_per_chunk(int bits) {
   for (int p = 0; p < plane_count(bits); ++p) n += plane_width(bits, p);
   return n;
 }
+// Where pair `pi`'s code is assembled inside each 16-bit half: bit P (the code then spans
+// [P, P + bits), inside the 10 mantissa bits of 1024). Plane 0's field stays in place
+// when it fits, else the word is shifted right by a byte or by what is needed.
+__host__ __device__ constexpr int pair_pos0(int bits, int pi) { return plane_width(bits, 0) * (pi % (16 / plane_width(bits, 0))); }
+__host__ __device__ constexpr int code_pos(int bits, int pi) {
+  return pair_pos0(bits, pi) + bits <= 10                               ? pair_pos0(bits, pi)
+         : pair_pos0(bits, pi) >= 8 && pair_pos0(bits, pi) - 8 + bits <= 10 ? pair_pos0(bits, pi) - 8
+                                                                        : 10 - bits;
+}
+// f16 bit patterns of 2^-P and of -2^(10-P) (both exact).
+__host__ __device__ constexpr unsigned short h_pow2_neg(int P) { return (unsigned short)((15 - P) << 10); }
+__host__ __device__ constexpr unsigned short h_neg_pow2(int e) { return (unsigned short)(0x8000 | ((15 + e) << 10)); }
 
 struct QParams {
   const float* x;
@@ -72,9 +93,8 @@ struct QParams {
   int accumulate, pair;
   float* y;
   int64_t ldy;
-  int ks;     // warps per row group (split-K)
-  int stage;  // op(x) staged in shared memory
-  int64_t xs_ld;  // floats per staged row (K / 32 * 36)
+  int ks;          // warps per row group (split-K); > 1 means one row group per warp, no loop
+  int64_t groups;  // row groups of kR rows
 };
 
 __device__ __forceinline__ uint2 load_stream8(const void* p) {
@@ -123,225 +143,115 @@ __device__ __forceinline__ void load_chunk(const QParams& p, int64_t row, int64_
     c.z = p.zero_sym;
 }
 
-// Field e (0..7) of the 8-element piece j (0..3) of a W-bit plane's chunk, as an exact
-// float. The field sits at bit `pos` <= 14 of `base`; OR-ing it under the exponent of
-// 2^(23 - pos) puts it on the mantissa's units place.
-template <int W>
-__device__ __forceinline__ float field(const uint32_t* words, int j, int e) {
-  uint32_t base;
-  int pos;
-  if (W == 4) {
-    base = e < 4 ? words[j] : words[j] >> 16;
-    pos = 4 * (e & 3);
-  } else if (W == 2) {
-    base = (j & 1) ? words[j >> 1] >> 16 : words[j >> 1];
-    pos = 2 * e;
-  } else {
-    base = words[0] >> (8 * j);
-    pos = e;
-  }
-  const uint32_t magic = uint32_t(127 + 23 - pos) << 23;
-  return __uint_as_float((base & (((1u << W) - 1u) << pos)) | magic) - __uint_as_float(magic);
+template <int D>
+__device__ __forceinline__ uint32_t shift_by(uint32_t v) {
+  if constexpr (D > 0) return v >> D;
+  else if constexpr (D < 0) return v << (-D);
+  else return v;
 }
 
-template <int BITS>
-__device__ __forceinline__ float code_at(const uint32_t* w, int j, int e) {
-  constexpr int W0 = plane_width(BITS, 0);
-  float q = field<W0>(w, j, e);
+// Pair pi of the chunk as the half2 bits (1024 + q_lo * 2^P, 1024 + q_hi * 2^P).
+template <int BITS, int PI>
+__device__ __forceinline__ uint32_t pair_bits(const uint32_t* w) {
+  constexpr int P = code_pos(BITS, PI);
+  uint32_t v = 0x64006400u;
+  // Unrolled by hand over the (at most three) planes: every shift and mask is a constant.
+  {
+    constexpr int W = plane_width(BITS, 0);
+    constexpr int per = 16 / W, pos = W * (PI % per);
+    constexpr uint32_t mask = ((1u << W) - 1u) << P;
+    v |= shift_by<pos - P>(w[PI / per]) & (mask | mask << 16);
+  }
   if constexpr (plane_count(BITS) > 1) {
-    constexpr int W1 = plane_width(BITS, 1);
-    q = fmaf(field<W1>(w + W0, j, e), float(1 << plane_shift(BITS, 1)), q);
+    constexpr int W = plane_width(BITS, 1), at = P + plane_shift(BITS, 1);
+    constexpr int per = 16 / W, pos = W * (PI % per);
+    constexpr uint32_t mask = ((1u << W) - 1u) << at;
+    v |= shift_by<pos - at>(w[plane_width(BITS, 0) + PI / per]) & (mask | mask << 16);
   }
   if constexpr (plane_count(BITS) > 2) {
-    constexpr int W1 = plane_width(BITS, 1), W2 = plane_width(BITS, 2);
-    q = fmaf(field<W2>(w + W0 + W1, j, e), float(1 << plane_shift(BITS, 2)), q);
+    constexpr int W = plane_width(BITS, 2), at = P + plane_shift(BITS, 2);
+    constexpr int per = 16 / W, pos = W * (PI % per);
+    constexpr uint32_t mask = ((1u << W) - 1u) << at;
+    v |= shift_by<pos - at>(w[plane_width(BITS, 0) + plane_width(BITS, 1) + PI / per]) & (mask | mask << 16);
   }
-  return q;
+  return v;
 }
 
-// op(x)[i][c .. c+8) * inv_s from global memory (the path when x is not staged).
-template <InputOp OP>
-__device__ __forceinline__ void load_x8(const QParams& p, int i, int64_t c, float inv, float* xv) {
-  const float* xr = p.x + i * p.ldx + c;
-#pragma unroll
-  for (int v = 0; v < 8; v += 4) {
-    const float4 a = *reinterpret_cast<const float4*>(xr + v);
-    float t[4] = {a.x, a.y, a.z, a.w};
-    if constexpr (OP == InputOp::RmsNorm) {
-      const float4 g = *reinterpret_cast<const float4*>(p.norm_w + c + v);
-      t[0] = t[0] * inv * g.x, t[1] = t[1] * inv * g.y, t[2] = t[2] * inv * g.z, t[3] = t[3] * inv * g.w;
-    } else if constexpr (OP == InputOp::SiluMul) {
-      const float4 u = *reinterpret_cast<const float4*>(xr + p.K + v);
-      t[0] = silu(t[0]) * u.x, t[1] = silu(t[1]) * u.y, t[2] = silu(t[2]) * u.z, t[3] = silu(t[3]) * u.w;
-    }
-    if (p.inv_s) {
-      const float4 s = *reinterpret_cast<const float4*>(p.inv_s + c + v);
-      t[0] *= s.x, t[1] *= s.y, t[2] *= s.z, t[3] *= s.w;
-    }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) xv[v + k] = t[k];
-  }
+__device__ __forceinline__ __half2 as_h2(uint32_t v) { return *reinterpret_cast<__half2*>(&v); }
+__device__ __forceinline__ __half2 h2_const(unsigned short b) {
+  const __half h = __ushort_as_half(b);
+  return __halves2half2(h, h);
 }
 
-template <int BITS, int M, InputOp OP>
-__global__ void __launch_bounds__(kQThreads) qbits_gemv_kernel(const QParams p) {
-  extern __shared__ float4 s_x4[];
-  float* xs = reinterpret_cast<float*>(s_x4);
-  __shared__ float s_red[kQWarps][kR][M];
-  __shared__ float s_part[kQWarps][M];
-  __shared__ float s_inv[M];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t rg = int64_t(blockIdx.x) * (kQWarps / p.ks) + warp / p.ks;  // row group
-  const int ksi = warp % p.ks;
-  const int64_t n0 = rg * kR;
-  const int64_t q_begin = ksi * p.nch / p.ks, q_end = (ksi + 1) * p.nch / p.ks;
-  int64_t rows[kR];
-#pragma unroll
-  for (int r = 0; r < kR; ++r) rows[r] = n0 + r < p.N ? n0 + r : p.N - 1;  // clamped: loads stay in bounds
-  const bool active = n0 < p.N;
+// Sum over the 16 pairs of one chunk, for kR rows and M rows of x: acc[r][i] (half2).
+// Independent f16 accumulators per (row, x row): two at m = 1 so that the dependent HFMA2
+// chains are short enough to keep issuing; at m > 1 the M rows of x already give that.
+template <int M>
+__host__ __device__ constexpr int acc_banks() { return M == 1 ? 2 : 1; }
 
-  // Weights are never written by earlier kernels: fetch the first chunks before waiting.
-  Chunk<BITS> cur[kR];
-  int64_t q = q_begin + lane;
-  if (active && q < q_end)
+template <int BITS, int M, int PI>
+__device__ __forceinline__ void chunk_pairs(const Chunk<BITS> (&c)[kR], const __half2 (&nz)[kR], const uint4 (&xq)[M],
+                                            __half2 (&acc)[acc_banks<M>()][kR][M]) {
+  constexpr int P = code_pos(BITS, PI);
+  const __half2 scale = h2_const(h_pow2_neg(P));
 #pragma unroll
-    for (int r = 0; r < kR; ++r) load_chunk<BITS>(p, rows[r], q, cur[r]);
-
-  pdl_wait();
-  pdl_trigger();
-  float inv[M];
-#pragma unroll
-  for (int i = 0; i < M; ++i) inv[i] = 1.0f;
-  if constexpr (OP == InputOp::RmsNorm) {
-    float ss[M];
+  for (int r = 0; r < kR; ++r) {
+    // (1024 + q 2^P) 2^-P - 2^(10-P) - round(z) = q - round(z), exact in f16.
+    const __half2 off = __hadd2(h2_const(h_neg_pow2(10 - P)), nz[r]);
+    const __half2 v = __hfma2(as_h2(pair_bits<BITS, PI>(c[r].w)), scale, off);
 #pragma unroll
     for (int i = 0; i < M; ++i) {
-      ss[i] = 0.0f;
-      if (i < p.m)
-        for (int64_t c = threadIdx.x; c < p.K; c += kQThreads) {
-          const float v = p.x[i * p.ldx + c];
-          ss[i] += v * v;
-        }
-    }
-    block_rms_inv<M, kQWarps>(ss, s_part, s_inv, p.K, p.eps, inv);
-  }
-  if (p.stage) {
-#pragma unroll
-    for (int i = 0; i < M; ++i)
-      for (int64_t c = threadIdx.x; c < p.K; c += kQThreads) {
-        float v = 0.0f;  // rows past m stay zero, so their (unused) sums stay finite
-        if (i < p.m) {
-          const float* xr = p.x + i * p.ldx;
-          v = xr[c];
-          if constexpr (OP == InputOp::RmsNorm) v = v * inv[i] * p.norm_w[c];  // the CPU's order
-          if constexpr (OP == InputOp::SiluMul) v = silu(v) * xr[p.K + c];
-          if (p.inv_s) v *= p.inv_s[c];
-        }
-        xs[i * p.xs_ld + c + (c >> 5) * 4] = v;
-      }
-    __syncthreads();
-  }
-
-  float acc[kR][M];
-#pragma unroll
-  for (int r = 0; r < kR; ++r)
-#pragma unroll
-    for (int i = 0; i < M; ++i) acc[r][i] = 0.0f;
-
-  if (active) {
-    for (; q < q_end; q += 32) {
-      Chunk<BITS> nxt[kR];
-      const int64_t qn = q + 32;
-      if (qn < q_end)
-#pragma unroll
-        for (int r = 0; r < kR; ++r) load_chunk<BITS>(p, rows[r], qn, nxt[r]);
-
-      float dot[kR][M], sx[M];
-#pragma unroll
-      for (int i = 0; i < M; ++i) {
-        sx[i] = 0.0f;
-#pragma unroll
-        for (int r = 0; r < kR; ++r) dot[r][i] = 0.0f;
-      }
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        float xv[M][8];
-#pragma unroll
-        for (int i = 0; i < M; ++i) {
-          if (p.stage) {
-            const float* xp = xs + i * p.xs_ld + q * 36 + j * 8;
-            const float4 a = *reinterpret_cast<const float4*>(xp);
-            const float4 b = *reinterpret_cast<const float4*>(xp + 4);
-            xv[i][0] = a.x, xv[i][1] = a.y, xv[i][2] = a.z, xv[i][3] = a.w;
-            xv[i][4] = b.x, xv[i][5] = b.y, xv[i][6] = b.z, xv[i][7] = b.w;
-          } else if (i < p.m) {
-            load_x8<OP>(p, i, q * 32 + j * 8, inv[i], xv[i]);
-          } else {
-#pragma unroll
-            for (int e = 0; e < 8; ++e) xv[i][e] = 0.0f;
-          }
-#pragma unroll
-          for (int e = 0; e < 8; ++e) sx[i] += xv[i][e];
-        }
-#pragma unroll
-        for (int r = 0; r < kR; ++r)
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            const float c = code_at<BITS>(cur[r].w, j, e);
-#pragma unroll
-            for (int i = 0; i < M; ++i) dot[r][i] = fmaf(xv[i][e], c, dot[r][i]);
-          }
-      }
-#pragma unroll
-      for (int r = 0; r < kR; ++r)
-#pragma unroll
-        for (int i = 0; i < M; ++i) acc[r][i] = fmaf(cur[r].s, fmaf(-cur[r].z, sx[i], dot[r][i]), acc[r][i]);
-#pragma unroll
-      for (int r = 0; r < kR; ++r) cur[r] = nxt[r];
+      const uint32_t xw = (PI % 4 == 0) ? xq[i].x : (PI % 4 == 1) ? xq[i].y : (PI % 4 == 2) ? xq[i].z : xq[i].w;
+      acc[PI % acc_banks<M>()][r][i] = __hfma2(as_h2(xw), v, acc[PI % acc_banks<M>()][r][i]);
     }
   }
+}
 
+template <int BITS, int M, int PB>
+__device__ __forceinline__ void chunk_block(const Chunk<BITS> (&c)[kR], const __half2 (&nz)[kR], const uint32_t* xs,
+                                            int64_t xs_ld, __half2 (&acc)[acc_banks<M>()][kR][M]) {
+  uint4 xq[M];
 #pragma unroll
-  for (int r = 0; r < kR; ++r)
-#pragma unroll
-    for (int i = 0; i < M; ++i) acc[r][i] = warp_sum(acc[r][i]);
-  if (p.ks > 1) {  // combine the K slices of each row group (uniform branch: ks is a parameter)
-    if (lane == 0)
-#pragma unroll
-      for (int r = 0; r < kR; ++r)
-#pragma unroll
-        for (int i = 0; i < M; ++i) s_red[warp][r][i] = acc[r][i];
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < kR; ++r)
-#pragma unroll
-      for (int i = 0; i < M; ++i) {
-        float t = 0.0f;
-        for (int w = warp - ksi; w < warp - ksi + p.ks; ++w) t += s_red[w][r][i];
-        acc[r][i] = t;
-      }
-  }
-  if (!active || ksi != 0) return;
-  // Every lane holds every total after the butterfly sums; lane r*M + i writes (r, i).
+  for (int i = 0; i < M; ++i) xq[i] = *reinterpret_cast<const uint4*>(xs + i * xs_ld + 4 * PB);
+  chunk_pairs<BITS, M, 4 * PB + 0>(c, nz, xq, acc);
+  chunk_pairs<BITS, M, 4 * PB + 1>(c, nz, xq, acc);
+  chunk_pairs<BITS, M, 4 * PB + 2>(c, nz, xq, acc);
+  chunk_pairs<BITS, M, 4 * PB + 3>(c, nz, xq, acc);
+}
+
+// Chunk steps in flight per lane. Two, so that m = 1 fits in 128 registers and two blocks
+// (16 warps) share an SM: the inner loop is latency-bound per warp (dependent HFMA2s,
+// shared-memory loads), so warps to switch between matter more than a deeper ring.
+__host__ __device__ constexpr int ring_depth(int) { return 2; }
+
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Every lane holds every total after the butterfly sums; lane r*M + i writes (r, i), or
+// with SiLU pairs lane j*M + i writes silu(gate_j) * up_j from rows 2j, 2j+1 (kR is even
+// and n0 a multiple of kR, so pairs never split).
+template <int M>
+__device__ __forceinline__ void write_out(const QParams& p, int64_t n0, int lane, const float (&acc)[kR][M],
+                                          const float (&yscale)[M]) {
   if (!p.pair) {
-    if (lane < kR * M) {
-      const int r = lane / M, i = lane % M;
-      float v = 0.0f;
+    if (lane >= kR * M) return;
+    const int r = lane / M, i = lane % M;
+    float v = 0.0f;
 #pragma unroll
-      for (int rr = 0; rr < kR; ++rr)
+    for (int rr = 0; rr < kR; ++rr)
 #pragma unroll
-        for (int ii = 0; ii < M; ++ii)
-          if (rr == r && ii == i) v = acc[rr][ii];
-      const int64_t n = n0 + r;
-      if (n < p.N && i < p.m) {
-        if (p.bias) v += p.bias[n];
-        float* yp = p.y + i * p.ldy + n;
-        if (p.accumulate) v += *yp;
-        *yp = v;
-      }
+      for (int ii = 0; ii < M; ++ii)
+        if (rr == r && ii == i) v = acc[rr][ii];
+    const int64_t n = n0 + r;
+    if (n < p.N && i < p.m) {
+      v *= yscale[i];
+      if (p.bias) v += p.bias[n];
+      float* yp = p.y + i * p.ldy + n;
+      if (p.accumulate) v += *yp;
+      *yp = v;
     }
   } else if (lane < (kR / 2) * M) {
-    // Rows 2j, 2j+1 are gate_j, up_j; kR is even and n0 a multiple of kR, so pairs never split.
     const int jj = lane / M, i = lane % M;
     float g = 0.0f, u = 0.0f;
 #pragma unroll
@@ -351,27 +261,217 @@ __global__ void __launch_bounds__(kQThreads) qbits_gemv_kernel(const QParams p) 
         if (rr == jj && ii == i) g = acc[2 * rr][ii], u = acc[2 * rr + 1][ii];
     const int64_t n = n0 + 2 * jj;
     if (n + 1 < p.N && i < p.m) {
+      g *= yscale[i], u *= yscale[i];
       if (p.bias) g += p.bias[n], u += p.bias[n + 1];
       p.y[i * p.ldy + n / 2] = silu(g) * u;
     }
   }
 }
 
-template <int BITS, int M>
-void launch_m(const QParams& p, InputOp op, unsigned grid, cudaStream_t s) {
-  const size_t shm = p.stage ? size_t(M) * size_t(p.xs_ld) * sizeof(float) : 0;
-  switch (op) {
-    case InputOp::None: launch_pdl(qbits_gemv_kernel<BITS, M, InputOp::None>, grid, kQThreads, shm, s, p); break;
-    case InputOp::RmsNorm: launch_pdl(qbits_gemv_kernel<BITS, M, InputOp::RmsNorm>, grid, kQThreads, shm, s, p); break;
-    case InputOp::SiluMul: launch_pdl(qbits_gemv_kernel<BITS, M, InputOp::SiluMul>, grid, kQThreads, shm, s, p); break;
+// op(x)[i][c] * 1/input_scale, RMSNorm's 1/rms left out (applied to the result).
+template <InputOp OP>
+__device__ __forceinline__ float2 op_x2(const QParams& p, int i, int c, float2& raw) {
+  const float* xr = p.x + i * p.ldx;
+  float2 v = *reinterpret_cast<const float2*>(xr + c);
+  raw = v;
+  if constexpr (OP == InputOp::RmsNorm) {
+    const float2 g = *reinterpret_cast<const float2*>(p.norm_w + c);
+    v.x *= g.x, v.y *= g.y;
+  } else if constexpr (OP == InputOp::SiluMul) {
+    const float2 u = *reinterpret_cast<const float2*>(xr + p.K + c);
+    v.x = silu(v.x) * u.x, v.y = silu(v.y) * u.y;
   }
+  if (p.inv_s) {
+    const float2 s = *reinterpret_cast<const float2*>(p.inv_s + c);
+    v.x *= s.x, v.y *= s.y;
+  }
+  return v;
 }
 
-template <int BITS>
-void launch_bits(const QParams& p, InputOp op, unsigned grid, cudaStream_t s) {
-  if (p.m <= 1) launch_m<BITS, 1>(p, op, grid, s);
-  else if (p.m <= 2) launch_m<BITS, 2>(p, op, grid, s);
-  else launch_m<BITS, 4>(p, op, grid, s);
+template <int BITS, int M, InputOp OP>
+__global__ void __launch_bounds__(kQThreads, M == 1 && words_per_chunk(BITS) <= 5 ? 2 : 1) qbits_gemv_kernel(const QParams p) {
+  extern __shared__ uint4 s_dyn[];
+  uint32_t* xs = reinterpret_cast<uint32_t*>(s_dyn);        // [M][nch][kChunkWords]
+  float* sxs = reinterpret_cast<float*>(xs + M * p.nch * kChunkWords);  // [M][nch] chunk sums of x' (asym)
+  float* cs = sxs + M * p.nch;                                           // [M][nch] 2^e of each chunk
+  __shared__ float s_red[kQWarps][kR][M];
+  __shared__ float s_part[kQWarps][M];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wpb = kQWarps / p.ks;  // row groups per block step
+  const int ksi = warp % p.ks;
+  const int q_begin = int(ksi * p.nch / p.ks), q_end = int((ksi + 1) * p.nch / p.ks);
+  // This warp's work: items t = (row group rg0 + (t / T) * stride, chunk step t % T), T the
+  // chunk steps of a K slice (the same for every lane; lanes past q_end skip their compute).
+  const int T = (q_end - q_begin + 31) / 32;
+  const int64_t rg_stride = int64_t(gridDim.x) * wpb;
+  const int64_t rg0 = int64_t(blockIdx.x) * wpb + warp / p.ks;
+  const int total = rg0 < p.groups ? int((p.groups - 1 - rg0) / rg_stride + 1) * T : 0;
+
+  auto row_of = [&](int64_t g, int r) { const int64_t n = g * kR + r; return n < p.N ? n : p.N - 1; };
+  // Cursors over the items (chunk step j of row group rg), advanced without divisions:
+  // one for the chunk being fetched D steps ahead, one for the chunk being computed.
+  int fj = 0, fetched = 0;
+  int64_t frg = rg0;
+  auto fetch_next = [&](Chunk<BITS>(&c)[kR]) {
+    const int q = q_begin + lane + 32 * fj;
+    if (fetched < total && q < q_end)
+#pragma unroll
+      for (int r = 0; r < kR; ++r) load_chunk<BITS>(p, row_of(frg, r), q, c[r]);
+    ++fetched;
+    if (++fj == T) fj = 0, frg += rg_stride;
+  };
+
+  // Weights are never written by earlier kernels: the first D chunk steps are requested
+  // before waiting, so their DRAM latency overlaps the previous kernel and the staging.
+  constexpr int D = ring_depth(BITS);
+  Chunk<BITS> buf[D][kR];
+#pragma unroll
+  for (int st = 0; st < D; ++st) fetch_next(buf[st]);
+
+  pdl_wait();
+  pdl_trigger();
+
+  // Stage op(x) as f16 in one pass (rows >= m as zeros): each 32-column chunk scaled by
+  // its own power of two 2^-e (e from the chunk's max |x|, so |x'| < 1 and the scaling is
+  // exact), 2^e kept beside it. The 16 lanes that hold a chunk's pairs agree on e with
+  // four shuffles, so no block-wide reduction stands between the x loads and the stores.
+  // x is read in batches of kU pairs per thread, every load issued before the first use
+  // (x sits in L2 after the previous kernel: one round trip per batch, not per pair).
+  constexpr int kU = 8;
+  const int K = int(p.K);
+  float ys[M];
+  {
+    float ss[M];
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      ss[i] = 0.0f;
+      for (int b0 = 0; b0 < K; b0 += 2 * kQThreads * kU) {
+        float2 v[kU], raw[kU];
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+          const int c = b0 + 2 * kQThreads * u + 2 * int(threadIdx.x);
+          v[u] = raw[u] = make_float2(0.0f, 0.0f);
+          if (i < p.m && c < K) v[u] = op_x2<OP>(p, i, c, raw[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+          if (b0 + 2 * kQThreads * u >= K) break;  // block-uniform
+          const int c = b0 + 2 * kQThreads * u + 2 * int(threadIdx.x);
+          ss[i] = fmaf(raw[u].x, raw[u].x, fmaf(raw[u].y, raw[u].y, ss[i]));
+          float mx = fmaxf(fabsf(v[u].x), fabsf(v[u].y));
+#pragma unroll
+          for (int o = 8; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+          int e = 0;
+          if (mx > 0.0f && mx <= 3.0e38f) frexpf(mx, &e);  // mx = f 2^e, f in [0.5, 1)
+          const float xsc = ldexpf(1.0f, -e);
+          const __half2 h = __floats2half2_rn(v[u].x * xsc, v[u].y * xsc);
+          const int ch = c >> 5;
+          if (c < K) {
+            xs[(i * p.nch + ch) * kChunkWords + ((c & 31) >> 1)] = *reinterpret_cast<const uint32_t*>(&h);
+            if ((lane & 15) == 0) cs[i * p.nch + ch] = ldexpf(1.0f, e);
+          }
+          if (p.asym) {
+            float t = __low2float(h) + __high2float(h);
+#pragma unroll
+            for (int o = 8; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+            if (c < K && (lane & 15) == 0) sxs[i * p.nch + ch] = t;
+          }
+        }
+      }
+      ss[i] = warp_sum(ss[i]);
+      if (lane == 0) s_part[warp][i] = ss[i];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      ys[i] = 1.0f;
+      if constexpr (OP == InputOp::RmsNorm) {
+        float t = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kQWarps; ++w) t += s_part[w][i];
+        ys[i] = 1.0f / sqrtf(t / float(p.K) + p.eps);
+      }
+    }
+  }
+
+  const int64_t xs_ld = p.nch * kChunkWords;
+  float acc[kR][M];
+#pragma unroll
+  for (int r = 0; r < kR; ++r)
+#pragma unroll
+    for (int i = 0; i < M; ++i) acc[r][i] = 0.0f;
+  int cj = 0;
+  int64_t crg = rg0;
+  for (int t0 = 0; t0 < total; t0 += D) {
+#pragma unroll
+    for (int st = 0; st < D; ++st) {
+      const int t = t0 + st;
+      if (t >= total) break;  // warp-uniform
+      const int q = q_begin + lane + 32 * cj;
+      if (q < q_end) {
+        const Chunk<BITS>(&cur)[kR] = buf[st];
+        __half2 nz[kR], hacc[acc_banks<M>()][kR][M];
+        float zf[kR];
+#pragma unroll
+        for (int r = 0; r < kR; ++r) {
+          const float zi = fminf(fmaxf(rintf(cur[r].z), -1024.0f), 1024.0f);
+          zf[r] = cur[r].z - zi;
+          nz[r] = __float2half2_rn(-zi);
+#pragma unroll
+          for (int i = 0; i < M; ++i)
+#pragma unroll
+            for (int b = 0; b < acc_banks<M>(); ++b) hacc[b][r][i] = __float2half2_rn(0.0f);
+        }
+        const uint32_t* xq = xs + q * kChunkWords;
+        chunk_block<BITS, M, 0>(cur, nz, xq, xs_ld, hacc);
+        chunk_block<BITS, M, 1>(cur, nz, xq, xs_ld, hacc);
+        chunk_block<BITS, M, 2>(cur, nz, xq, xs_ld, hacc);
+        chunk_block<BITS, M, 3>(cur, nz, xq, xs_ld, hacc);
+#pragma unroll
+        for (int r = 0; r < kR; ++r)
+#pragma unroll
+          for (int i = 0; i < M; ++i) {
+            float d = __low2float(hacc[0][r][i]) + __high2float(hacc[0][r][i]);
+            if constexpr (acc_banks<M>() > 1) d += __low2float(hacc[1][r][i]) + __high2float(hacc[1][r][i]);
+            if (p.asym) d = fmaf(-zf[r], sxs[i * p.nch + q], d);
+            acc[r][i] = fmaf(cur[r].s * cs[i * p.nch + q], d, acc[r][i]);
+          }
+      }
+      fetch_next(buf[st]);
+      if (cj == T - 1) {  // last chunk step of a row group: reduce and write
+        const int64_t rg = crg;
+#pragma unroll
+        for (int r = 0; r < kR; ++r)
+#pragma unroll
+          for (int i = 0; i < M; ++i) acc[r][i] = warp_sum(acc[r][i]);
+        if (p.ks > 1) {  // the ks warps of this row group meet at their own named barrier
+          const int bar = 1 + warp / p.ks, nthr = 32 * p.ks;
+          if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < kR; ++r)
+#pragma unroll
+              for (int i = 0; i < M; ++i) s_red[warp][r][i] = acc[r][i];
+          named_barrier(bar, nthr);
+          if (ksi == 0)
+#pragma unroll
+            for (int r = 0; r < kR; ++r)
+#pragma unroll
+              for (int i = 0; i < M; ++i) {
+                float v = 0.0f;
+                for (int w = warp; w < warp + p.ks; ++w) v += s_red[w][r][i];
+                acc[r][i] = v;
+              }
+          named_barrier(bar, nthr);  // s_red is reused by the next row group
+        }
+        if (ksi == 0) write_out<M>(p, rg * kR, lane, acc, ys);
+#pragma unroll
+        for (int r = 0; r < kR; ++r)
+#pragma unroll
+          for (int i = 0; i < M; ++i) acc[r][i] = 0.0f;
+      }
+      if (++cj == T) cj = 0, crg += rg_stride;
+    }
+  }
 }
 
 int qbits_sm_count() {
@@ -384,19 +484,79 @@ int qbits_sm_count() {
   return n;
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+size_t stage_bytes(int M, int64_t nch) { return size_t(M) * size_t(nch) * (kChunkWords * 4 + 8); }
+
+template <int BITS, int M, InputOp OP>
+void launch_op(QParams p, cudaStream_t s) {
+  auto* kern = qbits_gemv_kernel<BITS, M, OP>;
+  const size_t shm = stage_bytes(M, p.nch);
+  // Opt in to more than 48 KiB once per instantiation (not a stream operation, so this
+  // is legal while a graph is being captured).
+  static const bool opted = [&] {
+    ANYBIT_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSmem)));
+    return true;
+  }();
+  (void)opted;
+  // Blocks per SM for this shared-memory size, cached (the query costs host time per launch).
+  static std::mutex mu;
+  static std::map<size_t, int> per_sm_of;
+  int per_sm = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = per_sm_of.find(shm);
+    if (it == per_sm_of.end()) {
+      ANYBIT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kQThreads, shm));
+      it = per_sm_of.emplace(shm, std::max(per_sm, 1)).first;
+    }
+    per_sm = it->second;
+  }
+  const int64_t capacity = int64_t(per_sm) * qbits_sm_count();  // resident blocks
+  // Split K over ks warps when that shortens the slowest warp's work: waves of (row group,
+  // K slice) items over the resident warps, each item T chunk steps plus its reduction
+  // (a named barrier and shared memory when ks > 1), while every lane keeps a chunk.
+  p.ks = 1;
+  double best = 1e30;
+  for (int ks = 1; ks <= kQWarps; ks *= 2) {
+    if (ks > 1 && p.nch < 32 * ks) break;
+    const double items = double(p.groups) * ks, warps = double(capacity) * kQWarps;
+    const double steps = std::ceil(double(p.nch) / ks / 32.0), epi = ks > 1 ? 1.0 : 0.5;
+    const double cost = std::ceil(items / warps) * (steps + epi);
+    if (cost < best) best = cost, p.ks = ks;
+  }
+  const int wpb = kQWarps / p.ks;
+  const int64_t grid = std::min<int64_t>((p.groups + wpb - 1) / wpb, capacity);
+  launch_pdl(kern, unsigned(grid), kQThreads, shm, s, p);
+}
+
+template <int BITS, int M>
+void launch_m(const QParams& p, InputOp op, cudaStream_t s) {
+  switch (op) {
+    case InputOp::None: launch_op<BITS, M, InputOp::None>(p, s); break;
+    case InputOp::RmsNorm: launch_op<BITS, M, InputOp::RmsNorm>(p, s); break;
+    case InputOp::SiluMul: launch_op<BITS, M, InputOp::SiluMul>(p, s); break;
+  }
+}
+
+template <int BITS>
+void launch_bits(const QParams& p, InputOp op, int M, cudaStream_t s) {
+  if (M == 1) launch_m<BITS, 1>(p, op, s);
+  else if (M == 2) launch_m<BITS, 2>(p, op, s);
+  else launch_m<BITS, 4>(p, op, s);
+}
+
+bool aligned(const void* p, unsigned n) { return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0; }
 
 void check_weight(const QbitsDeviceWeight& w) {
   if (w.bits < 2 || w.bits > 8) fail("CUDA gemv_qbits: bit width {} is not supported (2..8)", w.bits);
   if (w.rows <= 0 || w.cols <= 0 || w.cols % 32 != 0 || w.group <= 0 || w.group % 32 != 0 || w.cols % w.group != 0)
     fail("CUDA gemv_qbits: bad weight shape {} x {} (group {})", w.rows, w.cols, w.group);
   for (int pl = 0; pl < plane_count(w.bits); ++pl)
-    if (!w.planes[pl] || !aligned16(w.planes[pl])) fail("CUDA gemv_qbits: plane {} missing or not 16-byte aligned", pl);
+    if (!w.planes[pl] || !aligned(w.planes[pl], 16)) fail("CUDA gemv_qbits: plane {} missing or not 16-byte aligned", pl);
   if (!w.scales || (w.asymmetric && !w.zeros)) fail("CUDA gemv_qbits: scales or zeros missing");
 }
 
-// One launch for m <= kGemvMaxRows rows of x.
-void gemv_qbits_block(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s) {
+// One launch for m <= M rows of x, M in {1, 2, 4}.
+void gemv_qbits_block(const LinearArgs& a, const QbitsDeviceWeight& w, int M, cudaStream_t s) {
   QParams p{};
   p.x = a.x, p.ldx = a.ldx, p.m = int(a.m);
   p.K = w.cols, p.N = w.rows, p.nch = w.cols / 32;
@@ -409,28 +569,46 @@ void gemv_qbits_block(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStrea
   p.norm_w = a.norm_w, p.eps = a.eps, p.bias = a.bias;
   p.accumulate = a.accumulate ? 1 : 0, p.pair = a.silu_pairs ? 1 : 0;
   p.y = a.y, p.ldy = a.ldy;
-  p.xs_ld = p.nch * 36;
-  const int64_t rounded_m = a.m <= 1 ? 1 : a.m <= 2 ? 2 : 4;
-  p.stage = rounded_m * p.xs_ld * int64_t(sizeof(float)) <= kMaxStageBytes ? 1 : 0;
-  // Split K until the launch has a few blocks per SM, while every lane keeps >= 1 chunk.
-  const int64_t groups = (w.rows + kR - 1) / kR;
-  p.ks = 1;
-  auto blocks = [&](int ks) { return (groups + kQWarps / ks - 1) / (kQWarps / ks); };
-  while (p.ks < kQWarps && blocks(p.ks) < 4 * qbits_sm_count() && p.nch / (2 * p.ks) >= 32) p.ks *= 2;
-  const unsigned grid = unsigned(blocks(p.ks));
+  p.groups = (w.rows + kR - 1) / kR;
   switch (w.bits) {
-    case 2: launch_bits<2>(p, a.op, grid, s); break;
-    case 3: launch_bits<3>(p, a.op, grid, s); break;
-    case 4: launch_bits<4>(p, a.op, grid, s); break;
-    case 5: launch_bits<5>(p, a.op, grid, s); break;
-    case 6: launch_bits<6>(p, a.op, grid, s); break;
-    case 7: launch_bits<7>(p, a.op, grid, s); break;
-    default: launch_bits<8>(p, a.op, grid, s); break;
+    case 2: launch_bits<2>(p, a.op, M, s); break;
+    case 3: launch_bits<3>(p, a.op, M, s); break;
+    case 4: launch_bits<4>(p, a.op, M, s); break;
+    case 5: launch_bits<5>(p, a.op, M, s); break;
+    case 6: launch_bits<6>(p, a.op, M, s); break;
+    case 7: launch_bits<7>(p, a.op, M, s); break;
+    default: launch_bits<8>(p, a.op, M, s); break;
   }
   check_launch("gemv_qbits");
 }
 
-size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+// ---- prefill: dequantize to bf16 (1/input_scale folded in), then the bf16 GEMM ----------
+
+template <int BITS>
+__global__ void dequant_qbits_kernel(const QParams p, __nv_bfloat16* out) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // one thread per (row, chunk)
+  if (t >= p.N * p.nch) return;
+  const int64_t row = t / p.nch, q = t % p.nch;
+  Chunk<BITS> c;
+  load_chunk<BITS>(p, row, q, c);
+  __nv_bfloat16* o = out + row * p.K + q * 32;
+#pragma unroll
+  for (int e = 0; e < 32; ++e) {
+    const int pi = e / 2, hi = e % 2;
+    uint32_t code = 0;
+    int wbase = 0;
+#pragma unroll
+    for (int pl = 0; pl < plane_count(BITS); ++pl) {
+      const int W = plane_width(BITS, pl), per = 16 / W;
+      const int bit = 16 * hi + W * (pi % per);
+      code |= ((c.w[wbase + pi / per] >> bit) & ((1u << W) - 1u)) << plane_shift(BITS, pl);
+      wbase += W;
+    }
+    float v = c.s * (float(code) - c.z);
+    if (p.inv_s) v *= p.inv_s[q * 32 + e];
+    o[e] = __float2bfloat16_rn(v);
+  }
+}
 
 }  // namespace
 
@@ -447,6 +625,7 @@ QbitsDeviceAlloc upload_qbits(const QbitsGpuPack& p) {
   if ((p.scales_f16 ? p.scales_h.size() : p.scales_f.size()) != ng ||
       (p.asymmetric && (p.zeros_f16 ? p.zeros_h.size() : p.zeros_f.size()) != ng))
     fail("upload_qbits: metadata sizes do not match {} groups", ng);
+  auto align256 = [](size_t n) { return (n + 255) / 256 * 256; };
   size_t off[6] = {}, total = 0;
   for (int q = 0; q < np; ++q) off[q] = total, total += align256(p.planes[q].size());
   off[3] = total, total += align256(sbytes);
@@ -490,24 +669,64 @@ void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s)
   if (a.m <= 0) return;
   check_weight(w);
   if (!a.x || !a.y) fail("CUDA gemv_qbits: x or y is null");
-  if (!aligned16(a.x) || a.ldx % 4 != 0)
-    fail("CUDA gemv_qbits: x must be 16-byte aligned with ldx % 4 == 0 (ldx = {})", a.ldx);
+  if (!aligned(a.x, 8) || a.ldx % 2 != 0)
+    fail("CUDA gemv_qbits: x must be 8-byte aligned with an even ldx (ldx = {})", a.ldx);
   if (a.ldx < (a.op == InputOp::SiluMul ? 2 * w.cols : w.cols))
     fail("CUDA gemv_qbits: ldx = {} is shorter than an input row (K = {}, op {})", a.ldx, w.cols, int(a.op));
-  if (a.op == InputOp::RmsNorm && (!a.norm_w || !aligned16(a.norm_w)))
-    fail("CUDA gemv_qbits: RMSNorm needs a 16-byte aligned norm weight");
+  if (a.op == InputOp::RmsNorm && (!a.norm_w || !aligned(a.norm_w, 8)))
+    fail("CUDA gemv_qbits: RMSNorm needs an 8-byte aligned norm weight");
   if (a.silu_pairs && (w.rows % 2 != 0 || a.accumulate))
     fail("CUDA gemv_qbits: SiLU pairs need an even row count and no accumulate (N = {})", w.rows);
   if (a.ldy < (a.silu_pairs ? w.rows / 2 : w.rows)) fail("CUDA gemv_qbits: ldy = {} is too small", a.ldy);
-  // Larger batches run the GEMV once per 4 rows of x: correct for every op, but W is
-  // read ceil(m / 4) times (a tensor-core GEMM for QBITS is future work).
-  for (int64_t i0 = 0; i0 < a.m; i0 += kGemvMaxRows) {
+  // x rows per launch: as many as fit in shared memory (at most 4). Larger batches run the
+  // GEMV once per group of rows: correct for every op, but W is re-read (see gemm_qbits).
+  const int64_t nch = w.cols / 32;
+  int M = 4;
+  while (M > 1 && stage_bytes(M, nch) > kMaxSmem) M /= 2;
+  if (stage_bytes(M, nch) > kMaxSmem) fail("CUDA gemv_qbits: K = {} is too long for shared-memory staging", w.cols);
+  for (int64_t i0 = 0; i0 < a.m; i0 += M) {
     LinearArgs b = a;
     b.x = a.x + i0 * a.ldx;
     b.y = a.y + i0 * a.ldy;
-    b.m = std::min<int64_t>(kGemvMaxRows, a.m - i0);
-    gemv_qbits_block(b, w, s);
+    b.m = std::min<int64_t>(M, a.m - i0);
+    gemv_qbits_block(b, w, b.m <= 1 ? 1 : b.m <= 2 ? 2 : 4, s);
   }
+}
+
+size_t qbits_scratch_bytes(const QbitsDeviceWeight& w) { return size_t(w.rows) * size_t(w.cols) * 2; }
+
+void gemm_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s) {
+  if (a.m <= 0) return;
+  check_weight(w);
+  if (!scratch || !aligned(scratch, 256)) fail("CUDA gemm_qbits: scratch missing or not 256-byte aligned");
+  if (a.op != InputOp::None || a.silu_pairs) fail("CUDA gemm_qbits: the GEMM path takes op None without SiLU pairs");
+  QParams p{};
+  p.K = w.cols, p.N = w.rows, p.nch = w.cols / 32;
+  for (int pl = 0; pl < 3; ++pl) p.plane[pl] = w.planes[pl];
+  p.scales = w.scales, p.zeros = w.zeros;
+  p.scales_f16 = w.scales_f16 ? 1 : 0, p.zeros_f16 = w.zeros_f16 ? 1 : 0, p.asym = w.asymmetric ? 1 : 0;
+  p.zero_sym = float(1 << (w.bits - 1));
+  p.G = int(w.cols / w.group), p.cpg = w.group / 32;
+  p.inv_s = w.inv_input_scale;
+  auto* out = static_cast<__nv_bfloat16*>(scratch);
+  const unsigned grid = blocks_for(p.N * p.nch, 256);
+  switch (w.bits) {
+    case 2: dequant_qbits_kernel<2><<<grid, 256, 0, s>>>(p, out); break;
+    case 3: dequant_qbits_kernel<3><<<grid, 256, 0, s>>>(p, out); break;
+    case 4: dequant_qbits_kernel<4><<<grid, 256, 0, s>>>(p, out); break;
+    case 5: dequant_qbits_kernel<5><<<grid, 256, 0, s>>>(p, out); break;
+    case 6: dequant_qbits_kernel<6><<<grid, 256, 0, s>>>(p, out); break;
+    case 7: dequant_qbits_kernel<7><<<grid, 256, 0, s>>>(p, out); break;
+    default: dequant_qbits_kernel<8><<<grid, 256, 0, s>>>(p, out); break;
+  }
+  check_launch("dequant_qbits");
+  DeviceWeight d{DType::BF16, w.rows, w.cols, scratch};
+  gemm(a, d, s);
+}
+
+void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s) {
+  if (a.m <= kGemvMaxRows) gemv_qbits(a, w, s);
+  else gemm_qbits(a, w, scratch, s);
 }
 
 }  // namespace anybit::cuda

@@ -63,6 +63,12 @@ void validate(const QuantizedWeight& w) {
 
 }  // namespace
 
+int64_t plane_bit(int width, int64_t cols, int64_t r, int64_t c) {
+  const int64_t chunk = r * (cols / 32) + c / 32;
+  const int e = int(c % 32), pair = e / 2, per_word = 16 / width;
+  return chunk * 32 * width + (pair / per_word) * 32 + (e % 2) * 16 + (pair % per_word) * width;
+}
+
 void qbits_plane_split(int bits, int& n_planes, int* width, int* shift) {
   if (bits < 2 || bits > 8) fail("QBITS (CUDA): bit width {} is not supported (2..8)", bits);
   // Widest planes first (one 16-byte load per chunk carries the most bits).
@@ -113,7 +119,7 @@ QbitsGpuPack pack_qbits_for_gpu(const QuantizedWeight& w) {
       const uint32_t code = (win >> (bit & 7)) & ((1u << w.bits) - 1u);
       for (int q = 0; q < p.n_planes; ++q) {
         const uint32_t v = (code >> p.shift[q]) & ((1u << p.width[q]) - 1u);
-        const int64_t pb = (r * w.cols + c) * p.width[q];
+        const int64_t pb = plane_bit(p.width[q], w.cols, r, c);
         p.planes[q][size_t(pb >> 3)] |= uint8_t(v << (pb & 7));
       }
     }
@@ -131,7 +137,7 @@ uint32_t unpack_code(const QbitsGpuPack& p, int64_t r, int64_t c) {
   if (r < 0 || r >= p.rows || c < 0 || c >= p.cols) fail("unpack_code: ({}, {}) outside {} x {}", r, c, p.rows, p.cols);
   uint32_t code = 0;
   for (int q = 0; q < p.n_planes; ++q) {
-    const int64_t pb = (r * p.cols + c) * p.width[q];
+    const int64_t pb = plane_bit(p.width[q], p.cols, r, c);
     const uint32_t v = (p.planes[q][size_t(pb >> 3)] >> (pb & 7)) & ((1u << p.width[q]) - 1u);
     code |= v << p.shift[q];
   }

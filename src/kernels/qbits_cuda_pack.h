@@ -7,22 +7,19 @@
 // bits [shift_p, shift_p + width_p) of every code, so code = sum_p plane_p << shift_p.
 // Every plane is a power-of-two width, so no field ever straddles a byte or a word.
 //
-// Chunks. Each plane row (rows x cols fields) is a little-endian bit stream of
-// `width`-bit fields: field c at bits [c*width, (c+1)*width). Because cols % 32 == 0,
-// the stream is a sequence of 32-element chunks of 4*width bytes (16, 8 or 4): one GPU
-// lane loads its 32 elements of a plane with one vector load, and lanes with
-// consecutive chunk indices read consecutive addresses. Plane p's buffer is
-// rows * (cols/32) chunks, row-major: chunk q of row r at byte (r * cols/32 + q) * 4*width.
-// A chunk never crosses a quantization group (group % 32 == 0), so one scale and one
-// zero serve a lane's whole chunk.
+// Chunks. Each plane row holds `cols` fields of `width` bits in 32-column chunks of
+// 4*width bytes (16, 8 or 4), row-major: chunk q of row r at byte (r * cols/32 + q) *
+// 4*width. One GPU lane loads a chunk of a plane with one vector load, and lanes with
+// consecutive chunk indices read consecutive addresses. A chunk never crosses a
+// quantization group (group % 32 == 0), so one scale and one zero serve a lane's chunk.
 //
-// Why plain little-endian order inside a chunk: the kernel takes 8 elements at a time
-// (one 32-bit word of the 4-bit plane, half a word of the 2-bit plane, one byte of the
-// 1-bit plane) and each field sits at a bit position pos <= 14 of that word or of it
-// shifted right by 16 / 8*j. OR-ing the masked field into the exponent pattern of
-// 2^(23 - pos) yields the float 2^(23 - pos) + field exactly (the field lands on the
-// mantissa's units place), so one LOP3 + one FADD turn a field into a float: no
-// integer-to-float conversion and no per-element shift.
+// Pair order inside a chunk. The kernel computes in f16x2 (A16): it turns two codes into
+// one half2 with one LOP3 (fields OR-ed under the exponent of 1024) and one HFMA2, and
+// multiplies by the half2 of activations (x[2p], x[2p+1]). So chunk columns 2p and 2p+1
+// sit at the same bit position of the low and high 16-bit halves of one 32-bit word:
+// word j of the chunk holds the pairs p = j*16/width + k (k < 16/width); column 2p's field
+// at bits [k*width, (k+1)*width), column 2p+1's at bits [16 + k*width, 16 + (k+1)*width).
+// plane_bit() below is the one definition of that order (packer, unpacker, tests).
 //
 // Metadata: scales [rows][cols/group] as f16 when every scale converts to f16 and back
 // unchanged (checkpoints store them as f16), else fp32; zeros (asymmetric only) the
@@ -61,6 +58,9 @@ struct QbitsGpuPack {
   float scale(int64_t r, int64_t g) const;
   float zero(int64_t r, int64_t g) const;  // 2^(bits-1) when symmetric
 };
+
+// Bit index, inside plane buffer of the given width, of the field of (r, c).
+int64_t plane_bit(int width, int64_t cols, int64_t r, int64_t c);
 
 // The plane split of a bit width (2..8): fills n_planes / width / shift.
 void qbits_plane_split(int bits, int& n_planes, int* width, int* shift);

@@ -6,10 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 
 #include "core/error.h"
-#include "kernels/rope.h"
 
 namespace anybit {
 
@@ -17,17 +15,16 @@ using cuda::check;
 
 namespace {
 
-bool gpu_dtype(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
-
 int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
 
 }  // namespace
 
+// A device copy of `bytes` host bytes (left uninitialised when `host` is null), freed with the model.
 void* LlamaCudaModel::upload(const void* host, size_t bytes) {
   void* d = nullptr;
   check(cudaMalloc(&d, bytes ? bytes : 16), "cudaMalloc (weights)");
   allocs_.push_back(d);
-  if (bytes) check(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (weights)");
+  if (bytes && host) check(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (weights)");
   weight_bytes_ += bytes;
   return d;
 }
@@ -35,9 +32,8 @@ void* LlamaCudaModel::upload(const void* host, size_t bytes) {
 LlamaCudaModel::LlamaCudaModel(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights)
     : cfg_(cfg), weights_(std::move(weights)) {
   if (cuda::device_count() <= 0) fail("CUDA backend: no CUDA device is visible");
-  const TensorStore& w = *weights_;
-  const std::string& origin = w.origin();
-  const int64_t H = cfg.hidden, hd = cfg.head_dim, qd = cfg.n_heads * hd, kvd = cfg.n_kv_heads * hd;
+  const std::string& origin = weights_->origin();
+  const int64_t hd = cfg.head_dim;
   if (hd > cuda::kMaxHeadDim || hd % 2) fail("{}: head_dim {} is not supported by the CUDA backend", origin, hd);
   if (cfg.n_heads % cfg.n_kv_heads || cfg.n_heads / cfg.n_kv_heads > 8)
     fail("{}: {} heads over {} kv heads is not supported by the CUDA backend", origin, cfg.n_heads, cfg.n_kv_heads);
@@ -50,115 +46,26 @@ LlamaCudaModel::LlamaCudaModel(const ModelConfig& cfg, std::shared_ptr<const Ten
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   if (const char* g = std::getenv("ANYBIT_CUDA_GRAPHS")) graphs_on_ = std::string(g) != "0";
 
-  auto tensor = [&](const std::string& name, std::vector<int64_t> shape) -> const TensorView& {
-    const TensorView& t = w.get(name, shape);
-    if (!gpu_dtype(t.dtype))
-      fail("{}: tensor {} has dtype {}; the CUDA backend runs f32, f16 and bf16 weights", origin, name,
-           dtype_name(t.dtype));
-    return t;
-  };
-  // Several [rows_i, cols] tensors of one dtype stacked into one device matrix.
-  auto stacked = [&](const std::vector<const TensorView*>& parts, int64_t cols) {
-    cuda::DeviceWeight d;
-    d.dtype = parts[0]->dtype;
-    d.cols = cols;
-    size_t bytes = 0;
-    for (const TensorView* t : parts) {
-      if (t->dtype != d.dtype)
-        fail("{}: tensor {} is {} but {} is {}; fused CUDA matrices need one dtype", origin, t->name,
-             dtype_name(t->dtype), parts[0]->name, dtype_name(d.dtype));
-      d.rows += t->shape[0];
-      bytes += t->nbytes;
-    }
-    void* dst = nullptr;
-    check(cudaMalloc(&dst, bytes), "cudaMalloc (weights)");
-    allocs_.push_back(dst);
-    size_t off = 0;
-    for (const TensorView* t : parts) {
-      check(cudaMemcpy(static_cast<char*>(dst) + off, t->data, t->nbytes, cudaMemcpyHostToDevice), "cudaMemcpy");
-      off += t->nbytes;
-    }
-    weight_bytes_ += bytes;
-    d.data = dst;
-    const int64_t vec = d.dtype == DType::F32 ? 4 : 8;
-    if (cols % vec) gemv_ok_ = false;
-    return d;
-  };
-  // gate and up rows interleaved (gate_0, up_0, gate_1, ...) so that one GEMV block owns
-  // both halves of each SwiGLU product.
-  auto interleaved = [&](const TensorView& g, const TensorView& u) {
-    if (g.dtype != u.dtype)
-      fail("{}: tensor {} is {} but {} is {}; fused CUDA matrices need one dtype", origin, u.name, dtype_name(u.dtype),
-           g.name, dtype_name(g.dtype));
-    const size_t rb = dtype_row_bytes(g.dtype, g.shape[1]);
-    std::vector<uint8_t> host(2 * g.nbytes);
-    for (int64_t r = 0; r < g.shape[0]; ++r) {
-      std::memcpy(host.data() + size_t(2 * r) * rb, static_cast<const uint8_t*>(g.data) + size_t(r) * rb, rb);
-      std::memcpy(host.data() + size_t(2 * r + 1) * rb, static_cast<const uint8_t*>(u.data) + size_t(r) * rb, rb);
-    }
-    cuda::DeviceWeight d{g.dtype, 2 * g.shape[0], g.shape[1], upload(host.data(), host.size())};
-    if (g.shape[1] % (g.dtype == DType::F32 ? 4 : 8)) gemv_ok_ = false;
-    return d;
-  };
-  auto vec_f32 = [&](const std::string& name, int64_t n) {
-    const TensorView& t = w.get(name, {n});
-    std::vector<float> v(size_t(t.numel()));
-    dequantize_row(t.dtype, t.data, v.data(), t.numel());
-    return v;
-  };
-  auto upload_f32 = [&](const std::vector<float>& v) {
-    return static_cast<const float*>(upload(v.data(), v.size() * sizeof(float)));
-  };
-  // Concatenated biases (zeros where a part has none); null when no part has one.
-  auto bias = [&](const std::vector<std::pair<std::string, int64_t>>& parts, bool present) -> const float* {
-    if (!present) return nullptr;
-    std::vector<float> all;
-    for (const auto& [name, n] : parts) {
-      const auto v = vec_f32(name, n);
-      all.insert(all.end(), v.begin(), v.end());
-    }
-    return upload_f32(all);
-  };
-
-  const TensorView& emb = tensor("model.embed_tokens.weight", {cfg.vocab, H});
-  embed_ = stacked({&emb}, H);
-  final_norm_ = upload_f32(vec_f32("model.norm.weight", H));
-  if (cfg.tie_embeddings && !w.contains("lm_head.weight")) {
-    lm_head_ = embed_;
-  } else {
-    lm_head_ = stacked({&tensor("lm_head.weight", {cfg.vocab, H})}, H);
+  try {
+    load_weights();
+  } catch (...) {
+    // No destructor runs for a constructor that throws: free what was uploaded so far.
+    release();
+    throw;
   }
-  for (int64_t i = 0; i < cfg.n_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    Layer L;
-    L.attn_norm = upload_f32(vec_f32(p + "input_layernorm.weight", H));
-    L.mlp_norm = upload_f32(vec_f32(p + "post_attention_layernorm.weight", H));
-    L.qkv = stacked({&tensor(p + "self_attn.q_proj.weight", {qd, H}), &tensor(p + "self_attn.k_proj.weight", {kvd, H}),
-                     &tensor(p + "self_attn.v_proj.weight", {kvd, H})},
-                    H);
-    L.o = stacked({&tensor(p + "self_attn.o_proj.weight", {H, qd})}, qd);
-    L.gate_up = interleaved(tensor(p + "mlp.gate_proj.weight", {cfg.ffn, H}), tensor(p + "mlp.up_proj.weight", {cfg.ffn, H}));
-    L.down = stacked({&tensor(p + "mlp.down_proj.weight", {H, cfg.ffn})}, cfg.ffn);
-    L.qkv_bias = bias({{p + "self_attn.q_proj.bias", qd}, {p + "self_attn.k_proj.bias", kvd}, {p + "self_attn.v_proj.bias", kvd}},
-                      cfg.attn_bias);
-    L.o_bias = bias({{p + "self_attn.o_proj.bias", H}}, cfg.attn_out_bias);
-    if (cfg.mlp_bias) {
-      const auto g = vec_f32(p + "mlp.gate_proj.bias", cfg.ffn), u = vec_f32(p + "mlp.up_proj.bias", cfg.ffn);
-      std::vector<float> gu(size_t(2 * cfg.ffn));
-      for (size_t j = 0; j < g.size(); ++j) gu[2 * j] = g[j], gu[2 * j + 1] = u[j];
-      L.gu_bias = upload_f32(gu);
-    }
-    L.down_bias = bias({{p + "mlp.down_proj.bias", H}}, cfg.mlp_bias);
-    layers_.push_back(L);
-  }
-  inv_freq_ = upload_f32(rope_inv_freq(cfg));
-  weight_bytes_ = weights_->total_bytes();  // report the model's size, not the copies' count
 }
 
-LlamaCudaModel::~LlamaCudaModel() {
-  // Errors cannot propagate from a destructor; the device is being torn down anyway.
+LlamaCudaModel::~LlamaCudaModel() { release(); }
+
+void LlamaCudaModel::release() {
+  // Errors are ignored: this runs in the destructor, and on a failed load it must not
+  // replace the error being reported.
   clear_graphs();
   for (void* p : allocs_) cudaFree(p);
+  allocs_.clear();
+  for (auto& q : qallocs_) cuda::free_qbits(q);
+  qallocs_.clear();
+  cudaFree(qscratch_);
   cudaFree(kv_dev_);
   cudaFree(scratch_);
   cudaFree(meta_dev_);
@@ -166,6 +73,8 @@ LlamaCudaModel::~LlamaCudaModel() {
   cudaFreeHost(logits_host_);
   cudaFreeHost(meta_host_);
   if (stream_) cudaStreamDestroy(stream_);
+  qscratch_ = nullptr, kv_dev_ = nullptr, scratch_ = nullptr, meta_dev_ = nullptr, argmax_dev_ = nullptr;
+  logits_host_ = nullptr, meta_host_ = nullptr, stream_ = nullptr;
 }
 
 std::string LlamaCudaModel::name() const { return "cuda (" + device_name_ + ")"; }
@@ -246,6 +155,18 @@ LlamaCudaModel::Meta LlamaCudaModel::layout(int64_t T, int64_t S, int64_t R) con
   return m;
 }
 
+void LlamaCudaModel::run_linear(const Linear& w, cuda::LinearArgs a) {
+  float* y = a.y;
+  for (const LinearPart& p : w.parts) {
+    // Parts write adjacent output columns of the same rows (silu_pairs only ever has one
+    // part at offset 0, so halving the offset for its N/2 outputs never arises).
+    a.y = y + p.offset;
+    a.bias = w.bias ? w.bias + p.offset : nullptr;
+    if (p.qbits) cuda::linear_qbits(a, p.q, qscratch_, stream_);
+    else cuda::linear(a, p.dense, stream_);
+  }
+}
+
 void LlamaCudaModel::enqueue(const Meta& m) {
   using namespace cuda;
   const ModelConfig& c = cfg_;
@@ -256,12 +177,12 @@ void LlamaCudaModel::enqueue(const Meta& m) {
   embed(md + m.tokens, T, embed_, x_, stream_);
   const bool fused = gemv_ok_ && T <= kGemvMaxRows;
 
-  auto lin = [&](const float* x, int64_t ldx, InputOp op, const float* norm_w, const float* bias, bool acc, float* y,
-                 int64_t ldy, const DeviceWeight& w, int64_t rows) {
+  auto lin = [&](const float* x, int64_t ldx, InputOp op, const float* norm_w, bool acc, float* y, int64_t ldy,
+                 const Linear& w, int64_t rows) {
     LinearArgs a;
-    a.x = x, a.m = rows, a.ldx = ldx, a.op = op, a.norm_w = norm_w, a.eps = c.rms_eps, a.bias = bias;
+    a.x = x, a.m = rows, a.ldx = ldx, a.op = op, a.norm_w = norm_w, a.eps = c.rms_eps;
     a.accumulate = acc, a.y = y, a.ldy = ldy;
-    linear(a, w, stream_);
+    run_linear(w, a);
   };
 
   AttentionArgs at;
@@ -278,28 +199,34 @@ void LlamaCudaModel::enqueue(const Meta& m) {
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const Layer& L = layers_[size_t(l)];
     if (fused) {
-      lin(x_, H, InputOp::RmsNorm, L.attn_norm, L.qkv_bias, false, qkv_, QKV, L.qkv, T);
+      lin(x_, H, InputOp::RmsNorm, L.attn_norm, false, qkv_, QKV, L.qkv, T);
     } else {
       rmsnorm(x_, H, L.attn_norm, T, H, c.rms_eps, xn_, H, stream_);
-      lin(xn_, H, InputOp::None, nullptr, L.qkv_bias, false, qkv_, QKV, L.qkv, T);
+      lin(xn_, H, InputOp::None, nullptr, false, qkv_, QKV, L.qkv, T);
     }
     rk.layer = l;
     rope_kv_write(rk, stream_);
     at.layer = l;
     if (m.max_nq == 1) attention_decode(at, stream_);
     else attention_prefill(at, stream_);
-    lin(att_, qd, InputOp::None, nullptr, L.o_bias, true, x_, H, L.o, T);
-    if (fused) {  // norm, gate|up and SwiGLU in one GEMV
+    lin(att_, qd, InputOp::None, nullptr, true, x_, H, L.o, T);
+    const Linear& gu = L.gate_up;
+    if (fused && gu.pairs) {  // norm, gate|up and SwiGLU in one GEMV
       LinearArgs g;
       g.x = x_, g.m = T, g.ldx = H, g.op = InputOp::RmsNorm, g.norm_w = L.mlp_norm, g.eps = c.rms_eps;
-      g.bias = L.gu_bias, g.silu_pairs = true, g.y = act_, g.ldy = F;
-      linear(g, L.gate_up, stream_);
+      g.silu_pairs = true, g.y = act_, g.ldy = F;
+      run_linear(gu, g);
     } else {
-      rmsnorm(x_, H, L.mlp_norm, T, H, c.rms_eps, xn_, H, stream_);
-      lin(xn_, H, InputOp::None, nullptr, L.gu_bias, false, gu_, 2 * F, L.gate_up, T);
-      silu_mul_pairs(gu_, T, F, act_, stream_);
+      if (fused) {
+        lin(x_, H, InputOp::RmsNorm, L.mlp_norm, false, gu_, 2 * F, gu, T);
+      } else {
+        rmsnorm(x_, H, L.mlp_norm, T, H, c.rms_eps, xn_, H, stream_);
+        lin(xn_, H, InputOp::None, nullptr, false, gu_, 2 * F, gu, T);
+      }
+      if (gu.pairs) silu_mul_pairs(gu_, T, F, act_, stream_);
+      else silu_mul(gu_, T, F, act_, stream_);  // gate and up in different formats: [gate F | up F]
     }
-    lin(act_, F, InputOp::None, nullptr, L.down_bias, true, x_, H, L.down, T);
+    lin(act_, F, InputOp::None, nullptr, true, x_, H, L.down, T);
   }
   const float* src = x_;
   if (!m.identity_rows) {
@@ -307,10 +234,10 @@ void LlamaCudaModel::enqueue(const Meta& m) {
     src = lm_in_;
   }
   if (gemv_ok_ && m.R <= kGemvMaxRows) {
-    lin(src, H, InputOp::RmsNorm, final_norm_, nullptr, false, logits_, c.vocab, lm_head_, m.R);
+    lin(src, H, InputOp::RmsNorm, final_norm_, false, logits_, c.vocab, lm_head_, m.R);
   } else {
     rmsnorm(src, H, final_norm_, m.R, H, c.rms_eps, xn_, H, stream_);
-    lin(xn_, H, InputOp::None, nullptr, nullptr, false, logits_, c.vocab, lm_head_, m.R);
+    lin(xn_, H, InputOp::None, nullptr, false, logits_, c.vocab, lm_head_, m.R);
   }
   check(cudaMemcpyAsync(logits_host_, logits_, size_t(m.R * c.vocab) * 4, cudaMemcpyDeviceToHost, stream_),
         "download logits");

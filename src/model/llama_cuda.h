@@ -1,8 +1,10 @@
 // The Llama-family transformer on one CUDA GPU, with LlamaModel's forward() contract.
 //
-// Weights are copied to the device once, in their stored dtype (f32 / f16 / bf16), with
-// q|k|v and gate|up concatenated so each is one matrix. Activations and accumulation are
-// fp32 like the CPU model, so both agree to rounding.
+// Weights are copied to the device once, in their stored dtype (f32 / f16 / bf16, or QBITS
+// any-bit matrices repacked by pack_qbits_for_gpu), with q|k|v and gate|up concatenated so
+// each is one matrix where the parts share a format (else a matrix runs as several parts
+// writing adjacent output columns). Activations and accumulation are fp32 like the CPU
+// model, so both agree to rounding for dense weights.
 //
 // The host KVCache passed to forward() keeps the block bookkeeping (reserve / release /
 // block tables, prefix sharing); the key/value data lives in a device mirror of its
@@ -29,7 +31,8 @@ namespace anybit {
 class LlamaCudaModel final : public ModelBackend {
  public:
   // Checks every tensor like LlamaModel and uploads it; throws anybit::Error naming
-  // `weights.origin()` for a missing tensor, a bad shape or an unsupported dtype.
+  // `weights.origin()` and the tensor for a missing tensor, a bad shape, an unsupported
+  // dtype or a QBITS weight the GPU cannot run (act_bits 8, cols % 32 != 0, ...).
   LlamaCudaModel(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights);
   ~LlamaCudaModel() override;
   LlamaCudaModel(const LlamaCudaModel&) = delete;
@@ -49,14 +52,27 @@ class LlamaCudaModel final : public ModelBackend {
   std::vector<float> download_kv() const;
 
  private:
+  // One part of a matrix: a dense or a QBITS weight producing output columns
+  // [offset, offset + rows) of the matrix's rows.
+  struct LinearPart {
+    bool qbits = false;
+    cuda::DeviceWeight dense;
+    cuda::QbitsDeviceWeight q;
+    int64_t offset = 0;
+  };
+  // A matrix of the model (q|k|v, o, gate|up, down, lm_head). Usually one part; several
+  // when its tensors differ in format (llama_cuda_weights.cpp says when).
+  struct Linear {
+    std::vector<LinearPart> parts;
+    const float* bias = nullptr;  // [all rows] in the matrix's output order, or null
+    // gate|up only: rows interleave gate and up (one part, SwiGLU fused into the GEMV
+    // epilogue); otherwise the output is [gate F | up F].
+    bool pairs = false;
+  };
   struct Layer {
-    cuda::DeviceWeight qkv, o, gate_up, down;
+    Linear qkv, o, gate_up, down;
     const float* attn_norm = nullptr;
     const float* mlp_norm = nullptr;
-    const float* qkv_bias = nullptr;
-    const float* o_bias = nullptr;
-    const float* gu_bias = nullptr;
-    const float* down_bias = nullptr;
   };
   // Offsets (in int32s) of the metadata arrays for a call of T tokens, S entries, R rows.
   struct Meta {
@@ -67,6 +83,10 @@ class LlamaCudaModel final : public ModelBackend {
   };
 
   void* upload(const void* host, size_t bytes);
+  void load_weights();  // llama_cuda_weights.cpp
+  void release();       // frees everything (destructor, failed constructor)
+  // Enqueues y = op(x) . W^T (+ bias) (+ y) for every part of `w`.
+  void run_linear(const Linear& w, cuda::LinearArgs a);
   void ensure_kv(const KVCache& kv);
   void ensure_scratch(int64_t T, int64_t R);
   Meta layout(int64_t T, int64_t S, int64_t R) const;
@@ -80,11 +100,16 @@ class LlamaCudaModel final : public ModelBackend {
   cudaStream_t stream_ = nullptr;
   std::string device_name_;
 
-  cuda::DeviceWeight embed_, lm_head_;
+  cuda::DeviceWeight embed_;
+  Linear lm_head_;
   const float* final_norm_ = nullptr;
   const float* inv_freq_ = nullptr;
   std::vector<Layer> layers_;
-  bool gemv_ok_ = true;  // every K suits the fused GEMV path
+  bool gemv_ok_ = true;  // every dense K suits the fused GEMV path (QBITS always does)
+  std::vector<cuda::QbitsDeviceAlloc> qallocs_;
+  // Dequantized bf16 copy of one QBITS part for the prefill GEMM (gemm_qbits), sized for
+  // the largest part; null when the model has no QBITS matrix.
+  void* qscratch_ = nullptr;
 
   // KV mirror
   const KVCache* kv_host_ = nullptr;
