@@ -124,6 +124,31 @@ const Kernel& choose(const QuantizedWeight& w, int64_t m, Isa isa) {
 
 namespace {
 
+// ANYBIT_QBITS_KERNEL=f32: the weights dequantized to fp32 (1/input_scale folded in) and
+// run by the fp32 matmul with fp32 activations, whatever act_bits says. A quality-analysis
+// switch: it separates the error of the weight codes from that of the kernels' int8
+// activations (docs/QUANTIZATION.md). Dequantizes on every call: slow, never the default.
+bool f32_reference() {
+  static const bool on = [] {
+    const char* e = std::getenv("ANYBIT_QBITS_KERNEL");
+    return e && std::string(e) == "f32";
+  }();
+  return on;
+}
+
+void matmul_dequantized(const QuantizedWeight& q, const float* x, int64_t m, float* y) {
+  thread_local std::vector<float> wf;
+  wf.resize(size_t(q.rows * q.cols));
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < q.rows; ++r) {
+    float* row = wf.data() + r * q.cols;
+    q.dequantize_row(r, row);
+    if (!q.input_scale.empty())
+      for (int64_t c = 0; c < q.cols; ++c) row[c] *= 1.0f / q.input_scale[size_t(c)];
+  }
+  kernels().matmul[int(DType::F32)](x, m, WeightMatrix{DType::F32, q.rows, q.cols, wf.data()}, y);
+}
+
 const QuantizedWeight& qweight(const WeightMatrix& w) {
   if (!w.data) fail("qbits matmul: weight has no data");
   const auto& q = *static_cast<const QuantizedWeight*>(w.data);
@@ -138,6 +163,7 @@ namespace avx512 {
 void matmul_qbits(const float* x, int64_t m, const WeightMatrix& w, float* y) {
   if (m <= 0) return;
   const QuantizedWeight& q = qweight(w);
+  if (f32_reference()) return matmul_dequantized(q, x, m, y);
   qbits::choose(q, m, Isa::Avx512).run(q, x, m, y);
 }
 }  // namespace avx512
@@ -146,6 +172,7 @@ namespace avx2 {
 void matmul_qbits(const float* x, int64_t m, const WeightMatrix& w, float* y) {
   if (m <= 0) return;
   const QuantizedWeight& q = qweight(w);
+  if (f32_reference()) return matmul_dequantized(q, x, m, y);
   qbits::choose(q, m, Isa::Avx2).run(q, x, m, y);
 }
 }  // namespace avx2
@@ -153,7 +180,7 @@ void matmul_qbits(const float* x, int64_t m, const WeightMatrix& w, float* y) {
 void prepare_qbits(QuantizedWeight& w) {
   qbits::pack_set(w);  // validates
   const Isa isa = kernels().isa;
-  if (isa == Isa::Scalar) return;
+  if (isa == Isa::Scalar || f32_reference()) return;
   for (int64_t m : {int64_t(1), int64_t(4), int64_t(64)}) {
     if (qbits::choose(w, m, isa).family == qbits::Family::Lut)
       qbits::lut_pack(w);
@@ -165,6 +192,7 @@ void prepare_qbits(QuantizedWeight& w) {
 std::string qbits_kernel_name(const QuantizedWeight& w, int64_t m) {
   const Isa isa = kernels().isa;
   if (isa == Isa::Scalar) return "scalar";
+  if (f32_reference()) return "f32 reference (dequantized)";
   return qbits::choose(w, m, isa).name;
 }
 
