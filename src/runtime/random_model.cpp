@@ -1,5 +1,6 @@
 #include "runtime/random_model.h"
 
+#include <algorithm>
 #include <random>
 
 #include "core/error.h"
@@ -31,6 +32,9 @@ std::vector<std::string> named_shapes() { return {"llama-1b", "llama-8b", "tiny"
 
 namespace {
 
+// Chunks of 1 Mi values, each from its own generator seeded by (tensor seed, chunk): the
+// same weights for any thread count, and an 8B shape fills in seconds rather than minutes
+// (one normal sample costs ~20 ns; 7 billion of them on one thread took 5 minutes).
 void add_random(TensorStore& store, const std::string& name, std::vector<int64_t> shape, DType dtype,
                 std::mt19937_64& rng, bool ones) {
   TensorView t;
@@ -38,15 +42,22 @@ void add_random(TensorStore& store, const std::string& name, std::vector<int64_t
   t.shape = std::move(shape);
   t.dtype = dtype;
   const int64_t n = t.numel();
+  if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16)
+    fail("random weights in {} are not supported", dtype_name(dtype));
   std::vector<uint8_t> bytes(dtype_row_bytes(dtype, n));
-  std::normal_distribution<float> dist(0.0f, 0.02f);
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = ones ? 1.0f : dist(rng);
-    switch (dtype) {
-      case DType::F32: reinterpret_cast<float*>(bytes.data())[i] = v; break;
-      case DType::F16: reinterpret_cast<uint16_t*>(bytes.data())[i] = f32_to_f16(v); break;
-      case DType::BF16: reinterpret_cast<uint16_t*>(bytes.data())[i] = f32_to_bf16(v); break;
-      default: fail("random weights in {} are not supported", dtype_name(dtype));
+  const uint64_t tensor_seed = rng();
+  constexpr int64_t kChunk = int64_t(1) << 20;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    std::mt19937_64 gen(tensor_seed ^ (0x9e3779b97f4a7c15ull * uint64_t(ch + 1)));
+    std::normal_distribution<float> dist(0.0f, 0.02f);
+    const int64_t end = std::min(n, (ch + 1) * kChunk);
+    for (int64_t i = ch * kChunk; i < end; ++i) {
+      const float v = ones ? 1.0f : dist(gen);
+      if (dtype == DType::F32) reinterpret_cast<float*>(bytes.data())[i] = v;
+      else if (dtype == DType::F16) reinterpret_cast<uint16_t*>(bytes.data())[i] = f32_to_f16(v);
+      else reinterpret_cast<uint16_t*>(bytes.data())[i] = f32_to_bf16(v);
     }
   }
   t.nbytes = bytes.size();
