@@ -153,8 +153,8 @@ TEST(CudaQbits, GemvMatchesDequantizedReference) {
         }
 }
 
-// Shapes that take the other code paths: split-K over 2..8 warps (small N, long K), x too
-// large for shared memory (read from global memory), many row groups.
+// Shapes that take the other code paths: split-K over 2..8 warps (small N, long K), x
+// staged beyond 48 KiB of shared memory (long K at m = 4), many row groups per warp.
 TEST(CudaQbits, GemvSplitKAndUnstagedPaths) {
   ANYBIT_REQUIRE_CUDA();
   const uint64_t seed = test::qbits_seed();

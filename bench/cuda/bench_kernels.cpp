@@ -22,20 +22,20 @@ using namespace anybit::cuda;
 
 namespace {
 
-// Median over `reps` samples of the mean time of 20 back-to-back launches (so launch gaps
-// look like they do inside a CUDA graph, not like an isolated launch between events).
+constexpr int kInner = 20;  // launches per timed sample
+
+// Median over `reps` samples of the per-launch time, each sample timed with events on
+// stream `st` around `sample(i)`, which enqueues kInner launches.
 template <typename F>
-double median_us(F&& launch, int reps) {
-  constexpr int kInner = 20;
+double median_samples_us(int reps, cudaStream_t st, F&& sample) {
   cudaEvent_t a, b;
   ANYBIT_CUDA_CHECK(cudaEventCreate(&a));
   ANYBIT_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 5; ++i) launch(i);
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
-    ANYBIT_CUDA_CHECK(cudaEventRecord(a));
-    for (int j = 0; j < kInner; ++j) launch(i * kInner + j);
-    ANYBIT_CUDA_CHECK(cudaEventRecord(b));
+    ANYBIT_CUDA_CHECK(cudaEventRecord(a, st));
+    sample(i);
+    ANYBIT_CUDA_CHECK(cudaEventRecord(b, st));
     ANYBIT_CUDA_CHECK(cudaEventSynchronize(b));
     float ms = 0;
     ANYBIT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
@@ -47,11 +47,20 @@ double median_us(F&& launch, int reps) {
   return t[t.size() / 2];
 }
 
-// The same with the 20 launches captured into one CUDA graph (as the model's decode step
-// runs them): no host launch cost, only the kernels and the gaps between them.
+// kInner back-to-back launches per sample (so launch gaps look like they do inside a CUDA
+// graph, not like an isolated launch between events).
+template <typename F>
+double median_us(F&& launch, int reps) {
+  for (int i = 0; i < 5; ++i) launch(i);
+  return median_samples_us(reps, nullptr, [&](int i) {
+    for (int j = 0; j < kInner; ++j) launch(i * kInner + j);
+  });
+}
+
+// The same with the kInner launches captured into one CUDA graph (as the model's decode
+// step runs them): no host launch cost, only the kernels and the gaps between them.
 template <typename F>
 double median_graph_us(F&& launch, int reps) {
-  constexpr int kInner = 20;
   cudaStream_t st;
   ANYBIT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   cudaGraph_t g = nullptr;
@@ -61,26 +70,11 @@ double median_graph_us(F&& launch, int reps) {
   ANYBIT_CUDA_CHECK(cudaStreamEndCapture(st, &g));
   ANYBIT_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
   for (int i = 0; i < 3; ++i) ANYBIT_CUDA_CHECK(cudaGraphLaunch(ge, st));
-  cudaEvent_t a, b;
-  ANYBIT_CUDA_CHECK(cudaEventCreate(&a));
-  ANYBIT_CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    ANYBIT_CUDA_CHECK(cudaEventRecord(a, st));
-    ANYBIT_CUDA_CHECK(cudaGraphLaunch(ge, st));
-    ANYBIT_CUDA_CHECK(cudaEventRecord(b, st));
-    ANYBIT_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    ANYBIT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(double(ms) * 1000.0 / kInner);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
+  const double us = median_samples_us(reps, st, [&](int) { ANYBIT_CUDA_CHECK(cudaGraphLaunch(ge, st)); });
   cudaGraphExecDestroy(ge);
   cudaGraphDestroy(g);
   cudaStreamDestroy(st);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return us;
 }
 
 void* random_device_bytes(size_t bytes, DType t, std::mt19937_64& rng) {

@@ -104,6 +104,17 @@ __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
 inline unsigned blocks_for(int64_t n, int64_t per) { return unsigned((n + per - 1) / per); }
 
+// Multiprocessors of the current device (132 when the query fails), read once.
+inline int sm_count() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      return 132;
+    return v;
+  }();
+  return n;
+}
+
 // Programmatic dependent launch (Hopper): a kernel launched with launch_pdl() may start
 // while its predecessor is still running. Every kernel here therefore calls pdl_wait()
 // before it touches memory an earlier kernel writes (the GEMV first prefetches weights,

@@ -237,16 +237,6 @@ void launch_gemv(const GemvParams& p, InputOp op, unsigned grid, cudaStream_t s)
   else launch_gemv_m<D, 4, PAIR>(p, op, grid, s);
 }
 
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      return 132;
-    return v;
-  }();
-  return n;
-}
-
 // ---- GEMM ------------------------------------------------------------------------
 constexpr int BM = 64, BN = 64, BK = 16;
 

@@ -222,7 +222,7 @@ __device__ __forceinline__ void chunk_block(const Chunk<BITS> (&c)[kR], const __
 // Chunk steps in flight per lane. Two, so that m = 1 fits in 128 registers and two blocks
 // (16 warps) share an SM: the inner loop is latency-bound per warp (dependent HFMA2s,
 // shared-memory loads), so warps to switch between matter more than a deeper ring.
-__host__ __device__ constexpr int ring_depth(int) { return 2; }
+constexpr int kRing = 2;
 
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
@@ -323,7 +323,7 @@ __global__ void __launch_bounds__(kQThreads, M == 1 && words_per_chunk(BITS) <= 
 
   // Weights are never written by earlier kernels: the first D chunk steps are requested
   // before waiting, so their DRAM latency overlaps the previous kernel and the staging.
-  constexpr int D = ring_depth(BITS);
+  constexpr int D = kRing;
   Chunk<BITS> buf[D][kR];
 #pragma unroll
   for (int st = 0; st < D; ++st) fetch_next(buf[st]);
@@ -474,16 +474,6 @@ __global__ void __launch_bounds__(kQThreads, M == 1 && words_per_chunk(BITS) <= 
   }
 }
 
-int qbits_sm_count() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      return 132;
-    return v;
-  }();
-  return n;
-}
-
 size_t stage_bytes(int M, int64_t nch) { return size_t(M) * size_t(nch) * (kChunkWords * 4 + 8); }
 
 template <int BITS, int M, InputOp OP>
@@ -510,7 +500,7 @@ void launch_op(QParams p, cudaStream_t s) {
     }
     per_sm = it->second;
   }
-  const int64_t capacity = int64_t(per_sm) * qbits_sm_count();  // resident blocks
+  const int64_t capacity = int64_t(per_sm) * sm_count();  // resident blocks
   // Split K over ks warps when that shortens the slowest warp's work: waves of (row group,
   // K slice) items over the resident warps, each item T chunk steps plus its reduction
   // (a named barrier and shared memory when ks > 1), while every lane keeps a chunk.
@@ -555,10 +545,9 @@ void check_weight(const QbitsDeviceWeight& w) {
   if (!w.scales || (w.asymmetric && !w.zeros)) fail("CUDA gemv_qbits: scales or zeros missing");
 }
 
-// One launch for m <= M rows of x, M in {1, 2, 4}.
-void gemv_qbits_block(const LinearArgs& a, const QbitsDeviceWeight& w, int M, cudaStream_t s) {
+// The weight's part of the kernel parameters (shared by the GEMV and the dequantizer).
+QParams weight_params(const QbitsDeviceWeight& w) {
   QParams p{};
-  p.x = a.x, p.ldx = a.ldx, p.m = int(a.m);
   p.K = w.cols, p.N = w.rows, p.nch = w.cols / 32;
   for (int pl = 0; pl < 3; ++pl) p.plane[pl] = w.planes[pl];
   p.scales = w.scales, p.zeros = w.zeros;
@@ -566,6 +555,13 @@ void gemv_qbits_block(const LinearArgs& a, const QbitsDeviceWeight& w, int M, cu
   p.zero_sym = float(1 << (w.bits - 1));
   p.G = int(w.cols / w.group), p.cpg = w.group / 32;
   p.inv_s = w.inv_input_scale;
+  return p;
+}
+
+// One launch for m <= M rows of x, M in {1, 2, 4}.
+void gemv_qbits_block(const LinearArgs& a, const QbitsDeviceWeight& w, int M, cudaStream_t s) {
+  QParams p = weight_params(w);
+  p.x = a.x, p.ldx = a.ldx, p.m = int(a.m);
   p.norm_w = a.norm_w, p.eps = a.eps, p.bias = a.bias;
   p.accumulate = a.accumulate ? 1 : 0, p.pair = a.silu_pairs ? 1 : 0;
   p.y = a.y, p.ldy = a.ldy;
@@ -700,14 +696,7 @@ void gemm_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, 
   check_weight(w);
   if (!scratch || !aligned(scratch, 256)) fail("CUDA gemm_qbits: scratch missing or not 256-byte aligned");
   if (a.op != InputOp::None || a.silu_pairs) fail("CUDA gemm_qbits: the GEMM path takes op None without SiLU pairs");
-  QParams p{};
-  p.K = w.cols, p.N = w.rows, p.nch = w.cols / 32;
-  for (int pl = 0; pl < 3; ++pl) p.plane[pl] = w.planes[pl];
-  p.scales = w.scales, p.zeros = w.zeros;
-  p.scales_f16 = w.scales_f16 ? 1 : 0, p.zeros_f16 = w.zeros_f16 ? 1 : 0, p.asym = w.asymmetric ? 1 : 0;
-  p.zero_sym = float(1 << (w.bits - 1));
-  p.G = int(w.cols / w.group), p.cpg = w.group / 32;
-  p.inv_s = w.inv_input_scale;
+  const QParams p = weight_params(w);
   auto* out = static_cast<__nv_bfloat16*>(scratch);
   const unsigned grid = blocks_for(p.N * p.nch, 256);
   switch (w.bits) {
