@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Medians per (server, clients) of bench/serve/load.mjs JSON lines, and the
-// anybit / llama-server ratios, as a Markdown table.
+// Medians per (server, clients) of bench/serve/load.mjs / load.py / hf_batch.py JSON
+// lines, and the ratios of anybit to each peer, as a Markdown table.
 //   node bench/serve/summarize.mjs results.jsonl
 import { readFileSync } from 'node:fs';
 
@@ -33,12 +33,16 @@ const f = (x, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '–');
 console.log('| clients | server | runs | tokens/s | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) |');
 console.log('|---:|---|---:|---:|---:|---:|---:|');
 for (const c of clients) {
-  for (const label of ['anybit', 'llama-server']) {
+  const peers = ['llama-server', 'hf-transformers'];
+  for (const label of ['anybit', ...peers]) {
     const m = med[`${label}|${c}`];
     if (m) console.log(`| ${c} | ${label} | ${m.n} | ${f(m.tps)} | ${f(m.p50)} | ${f(m.p99)} | ${f(m.itl, 2)} |`);
   }
-  const a = med[`anybit|${c}`], l = med[`llama-server|${c}`];
-  if (a && l)
-    console.log(`| ${c} | **anybit / llama-server** | | **${f(a.tps / l.tps, 2)}×** | ${f(a.p50 / l.p50, 2)}× | ` +
-      `${f(a.p99 / l.p99, 2)}× | ${f(a.itl / l.itl, 2)}× |`);
+  const a = med[`anybit|${c}`];
+  for (const peer of peers) {
+    const l = med[`${peer}|${c}`];
+    if (a && l)
+      console.log(`| ${c} | **anybit / ${peer}** | | **${f(a.tps / l.tps, 2)}×** | ${f(a.p50 / l.p50, 2)}× | ` +
+        `${f(a.p99 / l.p99, 2)}× | ${f(a.itl / l.itl, 2)}× |`);
+  }
 }

@@ -32,13 +32,6 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-DType parse_dtype(const std::string& s) {
-  if (s == "f32") return DType::F32;
-  if (s == "f16") return DType::F16;
-  if (s == "bf16") return DType::BF16;
-  fail("--dtype must be f32, f16 or bf16 (got '{}')", s);
-}
-
 int run_bench(const BenchArgs& a) {
   std::unique_ptr<Engine> engine;
   EngineOptions o;
@@ -50,7 +43,7 @@ int run_bench(const BenchArgs& a) {
     engine = std::make_unique<Engine>(make_random_qbits_model(named_shape(a.shape), a.bits, a.group, 1234), o);
     name = a.shape + " (random)";
   } else if (!a.shape.empty()) {
-    engine = std::make_unique<Engine>(make_random_model(named_shape(a.shape), parse_dtype(a.dtype), 1234), o);
+    engine = std::make_unique<Engine>(make_random_model(named_shape(a.shape), parse_float_dtype(a.dtype), 1234), o);
     name = a.shape + " (random)";
   } else {
     ModelArgs m = a.model;

@@ -14,6 +14,8 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "core/error.h"
+#include "quant/random_qbits.h"
+#include "runtime/random_model.h"
 #include "runtime/scheduler.h"
 #include "server/server.h"
 #include "tokenizer/chat_template.h"
@@ -34,7 +36,25 @@ struct ServeArgs {
   double shutdown_grace = 5.0;
   bool no_prefix_sharing = false;
   bool verbose = false;
+  // Load benchmarks: random weights of a named shape (tokenizer of the embedded model).
+  std::string shape, dtype = "bf16";
+  int bits = 0, group = 128;
 };
+
+// --shape: random weights, so a serving benchmark on a large shape needs no checkpoint.
+// The named shapes' vocabulary (8192) is the embedded model's, whose tokenizer they borrow.
+ModelFiles random_model_files(const ServeArgs& a) {
+  ModelFiles files;
+  const ModelConfig cfg = named_shape(a.shape);
+  files = a.bits > 0 ? make_random_qbits_model(cfg, a.bits, a.group, 1234)
+                     : make_random_model(cfg, parse_float_dtype(a.dtype), 1234);
+  ModelFiles tok = load_model_files(model_path_or_default(""));
+  if (tok.config.vocab != cfg.vocab)
+    fail("--shape {}: vocabulary {} differs from the embedded tokenizer's {}", a.shape, cfg.vocab, tok.config.vocab);
+  files.tokenizer = std::move(tok.tokenizer);
+  files.path = a.shape + (a.bits > 0 ? fmt::format("-w{}g{}", a.bits, a.group) : "-" + a.dtype);
+  return files;
+}
 
 // "512M", "1.5G", "2GiB", "1048576" -> bytes.
 size_t parse_size(const std::string& s) {
@@ -76,9 +96,10 @@ int serve(const ServeArgs& a) {
   signal(SIGPIPE, SIG_IGN);
 
   // The engine's KV cache is sized in whole contexts; --kv-memory picks how many.
-  const std::string path = model_path_or_default(a.model.path);
+  if (!a.shape.empty() && !a.model.path.empty()) fail("give -m or --shape, not both");
   const auto t0 = std::chrono::steady_clock::now();
-  ModelFiles files = load_model_files(path);
+  ModelFiles files = a.shape.empty() ? load_model_files(model_path_or_default(a.model.path)) : random_model_files(a);
+  const std::string path = files.path;
   const ModelConfig& c = files.config;
   int64_t ctx = a.model.ctx > 0 && c.max_position > 0 ? std::min(a.model.ctx, c.max_position)
                       : a.model.ctx > 0                     ? a.model.ctx
@@ -171,6 +192,10 @@ void register_serve(CLI::App& app) {
       ->check(CLI::Range(0.0, 3600.0));
   sub->add_flag("--no-prefix-sharing", a->no_prefix_sharing, "Do not share identical prompt KV blocks");
   sub->add_flag("-v,--verbose", a->verbose, "Log every HTTP request");
+  sub->add_option("--shape", a->shape, "Serve random weights of a named shape (llama-1b, llama-8b, tiny) for load benchmarks");
+  sub->add_option("--dtype", a->dtype, "Weight dtype of a --shape model: bf16, f16, f32");
+  sub->add_option("--bits", a->bits, "Random any-bit (QBITS) --shape model with this many bits (2..8)")->check(CLI::Range(2, 8));
+  sub->add_option("--group", a->group, "Group size of a --bits model")->check(CLI::IsMember({32, 64, 128}));
   add_command(sub, [a] { return serve(*a); });
 }
 

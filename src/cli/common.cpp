@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "cli/commands.h"
+#include "core/error.h"
 #include "core/progress.h"
 #include "kernels/dispatch.h"
 
@@ -25,6 +26,13 @@ void SamplingArgs::add(CLI::App* sub) {
   sub->add_option("--min-p", min_p, "Min-p (0 = off)");
   sub->add_option("--repeat-penalty", repeat_penalty, "Repetition penalty (1 = off)");
   sub->add_option("--seed", seed, "Random seed");
+}
+
+DType parse_float_dtype(const std::string& s) {
+  if (s == "f32") return DType::F32;
+  if (s == "f16") return DType::F16;
+  if (s == "bf16") return DType::BF16;
+  fail("--dtype must be f32, f16 or bf16 (got '{}')", s);
 }
 
 SamplingParams SamplingArgs::params() const {

@@ -26,6 +26,9 @@ struct SamplingArgs {
 };
 
 // Loads the model with a progress bar on stderr for large files.
+// "f32" | "f16" | "bf16" (the --dtype of random --shape models); anything else fails.
+DType parse_float_dtype(const std::string& s);
+
 std::unique_ptr<Engine> load_engine(const ModelArgs& a, int64_t max_sequences = 1);
 
 }  // namespace anybit::cli

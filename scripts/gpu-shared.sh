@@ -1,0 +1,9 @@
+# Sourced by the GPU-machine scripts (scripts/gpu-check, bench/cuda/vs-llamacpp.sh): the
+# tests read tiny-llama and data/val.txt from a shared folder, which that machine lacks;
+# build one from the repo and the carried data, and set SHARED to it. Needs ROOT.
+SHARED=${ANYBIT_SHARED:-/tmp/anybit-shared}
+if [[ ! -d $SHARED/models/tiny-llama ]]; then
+  mkdir -p "$SHARED/models"
+  ln -sfn "$ROOT/models/tiny-llama" "$SHARED/models/tiny-llama"
+  [[ -d $ROOT/.carry-gpu/shared/data ]] && ln -sfn "$ROOT/.carry-gpu/shared/data" "$SHARED/data"
+fi
