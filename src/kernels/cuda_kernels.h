@@ -74,6 +74,10 @@ void linear(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s);
 void gemv(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s);
 void gemm(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s);
 bool gemv_supported(const LinearArgs& a, const DeviceWeight& w);
+// Grows the tensor-core GEMM's workspace for up to m rows of x against N x K weights, so
+// that later gemm() calls need no allocation: inside a graph capture, a bf16 GEMM whose
+// workspace was not reserved runs on the (slow) SIMT kernel. Never call during a capture.
+void reserve_gemm_workspace(int64_t m, int64_t K, int64_t N, cudaStream_t s);
 
 // ---- QBITS (any-bit, 2..8) weights: W{bits}A16 GEMV, src/kernels/matmul_qbits_cuda.cu --------
 // Device copy of a QbitsGpuPack (layout in kernels/qbits_cuda_pack.h).
@@ -101,7 +105,7 @@ void free_qbits(QbitsDeviceAlloc& a);
 // y = op(x) * (1/input_scale) . W^T (+ bias) (+ y), fp32 activations and accumulation. Same
 // LinearArgs semantics as gemv() (InputOp None / RmsNorm / SiluMul, bias, accumulate,
 // silu_pairs). m <= kGemvMaxRows runs one fused GEMV launch; larger m runs it once per 4 rows
-// (correct but re-reads W: no tensor-core GEMM for QBITS yet). x (and norm_w) must be 16-byte
+// (correct but re-reads W; linear_qbits takes gemm_qbits there). x (and norm_w) must be 16-byte
 // aligned with ldx % 4 == 0. Enqueue only: graph-capturable.
 void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s);
 // Prefill (any m, op None only): W dequantized to bf16 into `scratch` (at least

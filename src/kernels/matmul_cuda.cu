@@ -7,7 +7,8 @@
 // transform (RMSNorm or SiLU·mul) is applied while reading x, so decode needs no separate
 // norm / activation launches; x is tiny and stays in L1/L2.
 //
-// GEMM (prefill): for bf16 weights and m >= 16, cuBLAS on the tensor cores with the fp32
+// GEMM (m > 4: prefill, batched decode): for bf16 weights, cuBLAS on the tensor cores (inside
+// graph captures too, once reserve_gemm_workspace has sized the workspace) with the fp32
 // activations split into two bf16 terms (x = hi + lo, |x - hi - lo| <= 2^-17 |x|) stacked
 // as 2m columns of one GEMM, summed in the epilogue: bf16 x bf16 products are exact in
 // fp32, so the result keeps ~fp32 accuracy at tensor-core speed. Other dtypes (and bf16
@@ -326,19 +327,47 @@ bool tensor_core_gemm_enabled() {
   return on;
 }
 
-// One cuBLAS handle and one growing workspace for the process; prefill runs on one
-// stream at a time, and this path is never taken inside a graph capture.
+// One cuBLAS handle and one growing workspace for the process (prefill runs on one stream
+// at a time). Graph captures (batched decode) must not allocate: cuBLAS gets a fixed
+// workspace of its own at creation, and ours is grown beforehand by reserve_gemm_workspace;
+// a captured GEMM that would not fit takes the SIMT kernel instead.
 struct CublasState {
   cublasHandle_t handle = nullptr;
   void* ws = nullptr;
   size_t ws_bytes = 0;
+  void* lib_ws = nullptr;
 };
-CublasState& cublas_state() {
+constexpr size_t kCublasLibWorkspace = size_t(32) << 20;
+CublasState& cublas_storage() {  // without creating the handle (creation allocates)
   static CublasState st;
+  return st;
+}
+CublasState& cublas_state() {
+  CublasState& st = cublas_storage();
   if (!st.handle) {
     if (cublasCreate(&st.handle) != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: cublasCreate failed");
+    check(cudaMalloc(&st.lib_ws, kCublasLibWorkspace), "cudaMalloc (cuBLAS library workspace)");
+    if (cublasSetWorkspace(st.handle, st.lib_ws, kCublasLibWorkspace) != CUBLAS_STATUS_SUCCESS)
+      fail("cuBLAS: cublasSetWorkspace failed");
   }
   return st;
+}
+
+// Rows of x per cuBLAS call (bounds the workspace) and the bytes one call needs.
+constexpr int64_t kSplitChunk = 2048;
+size_t split_workspace_bytes(int64_t m, int64_t K, int64_t N) {
+  const int64_t chunk = std::min<int64_t>(m, kSplitChunk);
+  return size_t(2 * chunk * K) * 2 + 256 + size_t(2 * chunk * N) * 4 + 256;
+}
+
+void grow_workspace(CublasState& st, size_t need, cudaStream_t s) {
+  if (need <= st.ws_bytes) return;
+  check(cudaStreamSynchronize(s), "cudaStreamSynchronize (cuBLAS workspace)");
+  cudaFree(st.ws);
+  st.ws = nullptr;
+  st.ws_bytes = 0;
+  check(cudaMalloc(&st.ws, need), "cudaMalloc (cuBLAS workspace)");
+  st.ws_bytes = need;
 }
 
 void cublas_check(cublasStatus_t st, const char* what) {
@@ -348,16 +377,8 @@ void cublas_check(cublasStatus_t st, const char* what) {
 void gemm_split_bf16(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
   CublasState& st = cublas_state();
   const int64_t N = w.rows, K = w.cols;
-  const int64_t chunk = std::min<int64_t>(a.m, 2048);  // rows of x per GEMM: bounds the workspace
-  const size_t need = size_t(2 * chunk * K) * 2 + size_t(2 * chunk * N) * 4 + 256;
-  if (need > st.ws_bytes) {
-    check(cudaStreamSynchronize(s), "cudaStreamSynchronize (cuBLAS workspace)");
-    cudaFree(st.ws);
-    st.ws = nullptr;
-    st.ws_bytes = 0;
-    check(cudaMalloc(&st.ws, need), "cudaMalloc (cuBLAS workspace)");
-    st.ws_bytes = need;
-  }
+  const int64_t chunk = std::min<int64_t>(a.m, kSplitChunk);
+  grow_workspace(st, split_workspace_bytes(a.m, K, N), s);  // a no-op inside a capture (checked by gemm)
   auto* xs = static_cast<__nv_bfloat16*>(st.ws);
   float* c = reinterpret_cast<float*>(static_cast<char*>(st.ws) + (size_t(2 * chunk * K) * 2 + 255) / 256 * 256);
   cublas_check(cublasSetStream(st.handle, s), "cublasSetStream");
@@ -440,9 +461,13 @@ void gemm(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
 #ifdef ANYBIT_WITH_CUBLAS
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
-  if (w.dtype == DType::BF16 && a.m >= 16 && cap == cudaStreamCaptureStatusNone && tensor_core_gemm_enabled()) {
-    gemm_split_bf16(a, w, s);
-    return;
+  if (w.dtype == DType::BF16 && a.m > kGemvMaxRows && tensor_core_gemm_enabled()) {
+    const CublasState& st = cublas_storage();
+    if (cap == cudaStreamCaptureStatusNone ||
+        (st.handle && split_workspace_bytes(a.m, w.cols, w.rows) <= st.ws_bytes)) {
+      gemm_split_bf16(a, w, s);
+      return;
+    }
   }
 #endif
   const GemvParams p = params(a, w);
@@ -453,6 +478,15 @@ void gemm(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
     default: gemm_kernel<DType::BF16><<<grid, kThreads, 0, s>>>(p); break;
   }
   check_launch("gemm");
+}
+
+void reserve_gemm_workspace(int64_t m, int64_t K, int64_t N, cudaStream_t s) {
+#ifdef ANYBIT_WITH_CUBLAS
+  if (m <= kGemvMaxRows || !tensor_core_gemm_enabled()) return;
+  grow_workspace(cublas_state(), split_workspace_bytes(m, K, N), s);
+#else
+  (void)m, (void)K, (void)N, (void)s;
+#endif
 }
 
 void linear(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {

@@ -587,7 +587,9 @@ __global__ void dequant_qbits_kernel(const QParams p, __nv_bfloat16* out) {
   const int64_t row = t / p.nch, q = t % p.nch;
   Chunk<BITS> c;
   load_chunk<BITS>(p, row, q, c);
-  __nv_bfloat16* o = out + row * p.K + q * 32;
+  // 32 values as 16 bf16 pairs, written as four 16-byte stores (consecutive threads own
+  // consecutive chunks of a row, so a warp writes 2 KiB contiguously).
+  uint32_t pk[16];
 #pragma unroll
   for (int e = 0; e < 32; ++e) {
     const int pi = e / 2, hi = e % 2;
@@ -601,9 +603,13 @@ __global__ void dequant_qbits_kernel(const QParams p, __nv_bfloat16* out) {
       wbase += W;
     }
     float v = c.s * (float(code) - c.z);
-    if (p.inv_s) v *= p.inv_s[q * 32 + e];
-    o[e] = __float2bfloat16_rn(v);
+    if (p.inv_s) v *= __ldg(p.inv_s + q * 32 + e);
+    const uint32_t b = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    pk[pi] = hi ? (pk[pi] | (b << 16)) : b;
   }
+  uint4* o = reinterpret_cast<uint4*>(out + row * p.K + q * 32);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) o[j] = make_uint4(pk[4 * j], pk[4 * j + 1], pk[4 * j + 2], pk[4 * j + 3]);
 }
 
 }  // namespace

@@ -137,6 +137,9 @@ void LlamaCudaModel::ensure_scratch(int64_t T, int64_t R) {
   cudaFree(argmax_dev_);
   argmax_dev_ = nullptr;
   check(cudaMalloc(&argmax_dev_, size_t(R_cap_) * sizeof(int32_t)), "cudaMalloc (argmax)");
+  // Batched decode steps are captured as graphs: the GEMM workspace must exist beforehand.
+  const int64_t K = std::max({c.hidden, c.ffn, qd}), N = std::max({QKV, 2 * c.ffn, c.hidden, c.vocab});
+  cuda::reserve_gemm_workspace(T_cap_, K, N, stream_);
 }
 
 LlamaCudaModel::Meta LlamaCudaModel::layout(int64_t T, int64_t S, int64_t R) const {
