@@ -108,6 +108,8 @@ QbitsGpuPack pack_qbits_for_gpu(const QuantizedWeight& w) {
   for (int q = 0; q < p.n_planes; ++q) p.planes[q].assign(p.plane_bytes(q), 0);
 
   const size_t rcb = w.row_code_bytes();
+  // Rows own disjoint plane bytes (plane_bit), so they pack in parallel.
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < w.rows; ++r) {
     const uint8_t* src = w.codes.data() + size_t(r) * rcb;
     for (int64_t c = 0; c < w.cols; ++c) {

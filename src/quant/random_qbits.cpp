@@ -5,6 +5,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 
@@ -60,26 +61,39 @@ ModelFiles make_random_qbits_model(const ModelConfig& cfg, int bits, int group, 
   m.config = cfg;
   auto store = std::make_shared<TensorStore>();
   store->set_origin("random qbits model");
-  std::mt19937_64 rng(seed);
-  uint64_t wseed = seed * 1000003;
-  auto q = [&](const std::string& name, int64_t rows, int64_t cols) {
-    add_qweight(*store, name, make_random_qweight(rows, cols, bits, group, false, ++wseed));
+  // The quantized weights are drawn in parallel (each from its own seed: the same model for
+  // any thread count; the 8B shape took 75 s on one thread), then added in order.
+  struct Job {
+    std::string name;
+    int64_t rows, cols;
   };
+  std::vector<Job> jobs;
+  for (int64_t i = 0; i < cfg.n_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    jobs.push_back({p + "self_attn.q_proj.weight", cfg.n_heads * hd, H});
+    jobs.push_back({p + "self_attn.k_proj.weight", cfg.n_kv_heads * hd, H});
+    jobs.push_back({p + "self_attn.v_proj.weight", cfg.n_kv_heads * hd, H});
+    jobs.push_back({p + "self_attn.o_proj.weight", H, cfg.n_heads * hd});
+    jobs.push_back({p + "mlp.gate_proj.weight", cfg.ffn, H});
+    jobs.push_back({p + "mlp.up_proj.weight", cfg.ffn, H});
+    jobs.push_back({p + "mlp.down_proj.weight", H, cfg.ffn});
+  }
+  jobs.push_back({"lm_head.weight", cfg.vocab, H});
+  std::vector<std::shared_ptr<QuantizedWeight>> made(jobs.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t j = 0; j < int64_t(jobs.size()); ++j)
+    made[size_t(j)] = make_random_qweight(jobs[size_t(j)].rows, jobs[size_t(j)].cols, bits, group, false,
+                                          seed * 1000003 + uint64_t(j) + 1);
+  for (size_t j = 0; j < jobs.size(); ++j) add_qweight(*store, jobs[j].name, std::move(made[j]));
+
+  std::mt19937_64 rng(seed);
   add_plain(*store, "model.embed_tokens.weight", {cfg.vocab, H}, false, rng);
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     add_plain(*store, p + "input_layernorm.weight", {H}, true, rng);
     add_plain(*store, p + "post_attention_layernorm.weight", {H}, true, rng);
-    q(p + "self_attn.q_proj.weight", cfg.n_heads * hd, H);
-    q(p + "self_attn.k_proj.weight", cfg.n_kv_heads * hd, H);
-    q(p + "self_attn.v_proj.weight", cfg.n_kv_heads * hd, H);
-    q(p + "self_attn.o_proj.weight", H, cfg.n_heads * hd);
-    q(p + "mlp.gate_proj.weight", cfg.ffn, H);
-    q(p + "mlp.up_proj.weight", cfg.ffn, H);
-    q(p + "mlp.down_proj.weight", H, cfg.ffn);
   }
   add_plain(*store, "model.norm.weight", {H}, true, rng);
-  q("lm_head.weight", cfg.vocab, H);
   m.weights = std::move(store);
   return m;
 }
