@@ -42,7 +42,7 @@ prepare)
   lpid=$!
   source "$ROOT/scripts/gpu-shared.sh"
   cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$C" -DANYBIT_SHARED_DIR="$SHARED" >"$OUT/configure.log" 2>&1 &&
-    cmake --build "$B" -j 6 --target anybit anybit_cuda_tests anybit_cuda_bench >"$OUT/build.log" 2>&1
+    cmake --build "$B" -j 6 --target ${ANYBIT_TARGETS:-anybit anybit_cuda_tests anybit_cuda_bench} >"$OUT/build.log" 2>&1
   echo "anybit build rc=$? $(( $(date +%s) - t0 )) s"
   mkdir -p "$G"
   [[ -s $G/8b-f16.gguf ]] || "$B/anybit" convert --shape llama-8b --dtype f16 -o "$G/8b-f16.gguf" >"$OUT/convert.log" 2>&1
