@@ -287,7 +287,7 @@ TEST(CudaQbits, GemmPathMatchesDequantizedReference) {
       dy.poison();
       cuda::LinearArgs a;
       a.x = dx.get(), a.m = m, a.ldx = K, a.y = dy.get(), a.ldy = N;
-      cuda::linear_qbits(a, w.dev.w, scratch.get(), nullptr);
+      cuda::gemm_qbits(a, w.dev.w, scratch.get(), nullptr);
       const auto y = dy.download();
       for (int64_t i = 0; i < m; ++i)
         for (int64_t n = 0; n < N; ++n) {
@@ -298,6 +298,57 @@ TEST(CudaQbits, GemmPathMatchesDequantizedReference) {
           }
           ASSERT_NEAR(y[size_t(i * N + n)], ref, xw / 256.0 + 1e-5) << "row " << i << " col " << n;
         }
+    }
+  }
+}
+
+// The tensor-core path (mma_qbits, batched decode): every width, symmetric and asymmetric
+// (fractional zeros), input scales, m around the 8-token tiles up to kMmaMaxRows, N not a
+// multiple of the 64-row block, K not a multiple of the 256-column slice, bias and
+// accumulate. Error: x' and each weight rounded to f16 once (2^-11 relative each, plus
+// the scale's own rounding), fp32 sums: within 2^-9 of sum |x w|; bound used: 2^-8.
+TEST(CudaQbits, MmaPathMatchesDequantizedReference) {
+  ANYBIT_REQUIRE_CUDA();
+  const uint64_t seed = test::qbits_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  int case_no = 0;
+  for (int bits = 2; bits <= 8; ++bits) {
+    test::QSpec s;
+    s.bits = bits, s.group = bits % 3 == 0 ? 32 : 64, s.asym = bits % 2 == 1, s.input_scale = bits == 4 || bits == 7;
+    s.rows = int64_t(8 + rng() % 300), s.cols = 64 * int64_t(1 + rng() % 40);
+    const Weight w(test::random_qweight(s, rng));
+    const int64_t N = s.rows, K = s.cols;
+    for (int64_t m : {int64_t(5), int64_t(8), int64_t(9), int64_t(16), int64_t(23), int64_t(33), cuda::kMmaMaxRows}) {
+      const bool bias = case_no % 3 == 1, accumulate = case_no % 4 == 2;
+      ++case_no;
+      SCOPED_TRACE(fmt::format("mma bits={} N={} K={} m={} bias={} accumulate={}", bits, N, K, m, bias, accumulate));
+      const int64_t ldx = K + 32 * int64_t(rng() % 2), ldy = N + int64_t(rng() % 3);
+      const auto x = randn(rng, size_t(m * ldx));
+      const auto xin = host_input(w, x, m, ldx, cuda::InputOp::None, {});
+      const auto b = randn(rng, size_t(N)), y0 = randn(rng, size_t(m * ldy));
+      DeviceArray<float> dx(x), db(b), dy(y0);
+      DeviceArray<uint8_t> scratch(cuda::qbits_mma_scratch_bytes(w.dev.w) + 256);
+      if (!accumulate) dy.poison();
+      cuda::LinearArgs a;
+      a.x = dx.get(), a.m = m, a.ldx = ldx, a.y = dy.get(), a.ldy = ldy, a.accumulate = accumulate;
+      if (bias) a.bias = db.get();
+      cuda::mma_qbits(a, w.dev.w, scratch.get(), nullptr);
+      const auto y = dy.download();
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t n = 0; n < N; ++n) {
+          double ref = 0, xw = 0;
+          for (int64_t c = 0; c < K; ++c) {
+            ref += xin[size_t(i * K + c)] * w.deq[size_t(n * K + c)];
+            xw += std::fabs(xin[size_t(i * K + c)] * w.deq[size_t(n * K + c)]);
+          }
+          if (bias) ref += b[size_t(n)];
+          if (accumulate) ref += y0[size_t(i * ldy + n)];
+          ASSERT_NEAR(y[size_t(i * ldy + n)], ref, xw / 256.0 + 1e-5) << "row " << i << " col " << n;
+        }
+      if (!accumulate)  // columns past N untouched: still the poison
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t n = N; n < ldy; ++n) ASSERT_TRUE(std::isnan(y[size_t(i * ldy + n)])) << "wrote past N";
     }
   }
 }

@@ -3,6 +3,7 @@
 // attention. Weights rotate over enough copies to defeat the L2; each figure is the median
 // of event-timed launches after a warm-up. Prints a markdown table. QBITS rows count the
 // packed bytes (codes + f16 scales) as the traffic.
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -10,7 +11,12 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
+
+#ifdef ANYBIT_WITH_CUBLAS
+#include <cublas_v2.h>
+#endif
 
 #include "core/dtype.h"
 #include "kernels/cuda_kernels.h"
@@ -201,6 +207,72 @@ int main() {
       }
       for (auto& w : ws) free_qbits(w);
     }
+  }
+
+  // W4A16 GEMM at the 8B layer shapes for m = 1, 4, 16, 64: the any-bit kernels (GEMV for
+  // m <= 4, the tensor-core mma_qbits above, and the dequantize + cuBLAS path it replaced)
+  // against cuBLAS on the same shapes with fp16 weights and activations (the issue's
+  // baseline). Times inside a CUDA graph; "x cuBLAS" is cuBLAS fp16 time / ours.
+  {
+#ifdef ANYBIT_WITH_CUBLAS
+    cublasHandle_t hb = nullptr;
+    if (cublasCreate(&hb) != CUBLAS_STATUS_SUCCESS) std::printf("cuBLAS unavailable\n");
+#endif
+    std::printf("\n| W4A16 g128 | shape NxK | m | ours (us) | path | dequant+cuBLAS (us) | cuBLAS fp16 (us) | x cuBLAS |\n");
+    std::printf("|---|---|---|---|---|---|---|---|\n");
+    const Shape gshapes[] = {{"8B qkv", 6144, 4096, InputOp::None}, {"8B o", 4096, 4096, InputOp::None},
+                             {"8B gate_up", 28672, 4096, InputOp::None}, {"8B down", 4096, 14336, InputOp::None}};
+    for (const Shape& s : gshapes) {
+      const QbitsGpuPack pack = pack_qbits_for_gpu(*make_random_qweight(s.n, s.k, 4, 128, false, 7));
+      QbitsDeviceAlloc wq = upload_qbits(pack);
+      void* scratch = nullptr;
+      ANYBIT_CUDA_CHECK(cudaMalloc(&scratch, qbits_scratch_bytes(wq.w)));
+      void* wh = random_device_bytes(size_t(s.n * s.k) * 2, DType::F16, rng);
+      for (int64_t m : {1, 4, 16, 64}) {
+        float* x = static_cast<float*>(random_device_bytes(size_t(m * s.k) * 4, DType::F32, rng));
+        void* xh = random_device_bytes(size_t(m * s.k) * 2, DType::F16, rng);
+        float* y = nullptr;
+        void* yh = nullptr;
+        ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&y), size_t(m * s.n) * 4));
+        ANYBIT_CUDA_CHECK(cudaMalloc(&yh, size_t(m * s.n) * 2));
+        LinearArgs a;
+        a.x = x, a.m = m, a.ldx = s.k, a.y = y, a.ldy = s.n;
+        const double ours = median_graph_us([&](int, cudaStream_t st) { linear_qbits(a, wq.w, scratch, st); }, 15);
+        double deq = 0;
+        if (m > kGemvMaxRows) {
+          reserve_gemm_workspace(m, s.k, s.n, nullptr);
+          deq = median_samples_us(7, nullptr, [&](int) { gemm_qbits(a, wq.w, scratch, nullptr); });
+        }
+        double cub = 0;
+#ifdef ANYBIT_WITH_CUBLAS
+        if (hb) {
+          const __half one = __float2half(1.0f), zero = __float2half(0.0f);
+          cub = median_graph_us(
+              [&](int, cudaStream_t st) {
+                cublasSetStream(hb, st);
+                cublasGemmEx(hb, CUBLAS_OP_T, CUBLAS_OP_N, int(s.n), int(m), int(s.k), &one, wh, CUDA_R_16F, int(s.k),
+                             xh, CUDA_R_16F, int(s.k), &zero, yh, CUDA_R_16F, int(s.n), CUBLAS_COMPUTE_16F,
+                             CUBLAS_GEMM_DEFAULT);
+              },
+              15);
+        }
+#endif
+        const char* path = m <= kGemvMaxRows ? "gemv" : m <= kMmaMaxRows ? "mma" : "dequant+gemm";
+        std::printf("| W4A16 g128 | %s %lldx%lld | %lld | %.1f | %s | %s | %.1f | %.2f |\n", s.name, (long long)s.n,
+                    (long long)s.k, (long long)m, ours, path, deq > 0 ? std::to_string(deq).substr(0, 6).c_str() : "-",
+                    cub, cub > 0 ? cub / ours : 0.0);
+        cudaFree(x);
+        cudaFree(xh);
+        cudaFree(y);
+        cudaFree(yh);
+      }
+      cudaFree(wh);
+      cudaFree(scratch);
+      free_qbits(wq);
+    }
+#ifdef ANYBIT_WITH_CUBLAS
+    if (hb) cublasDestroy(hb);
+#endif
   }
 
   // Decode attention, Llama-1B heads (32 q / 8 kv, head_dim 64), one layer of a cache.

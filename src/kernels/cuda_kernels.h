@@ -112,7 +112,15 @@ void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s)
 // qbits_scratch_bytes(w) bytes, 256-byte aligned, device), then the bf16 tensor-core gemm().
 size_t qbits_scratch_bytes(const QbitsDeviceWeight& w);
 void gemm_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);
-// gemv_qbits for m <= kGemvMaxRows, else gemm_qbits (op must then be None).
+// Batched decode and short chunks (m <= kMmaMaxRows, op None): the tensor-core GEMM that
+// dequantizes the packed weights in registers (src/kernels/matmul_qbits_mma_cuda.cu); x is
+// rounded to f16 per token row scaled by a power of two, each weight to f16 once. Needs
+// qbits_mma_scratch_bytes(w) bytes of 256-byte aligned device scratch. Graph-capturable.
+constexpr int64_t kMmaMaxRows = 64;
+size_t qbits_mma_scratch_bytes(const QbitsDeviceWeight& w);
+void mma_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);
+// gemv_qbits for m <= kGemvMaxRows, mma_qbits up to kMmaMaxRows, else gemm_qbits (op must
+// then be None). `scratch` holds qbits_scratch_bytes(w), which covers both.
 void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);
 
 void rmsnorm(const float* x, int64_t ldx, const float* w, int64_t m, int64_t n, float eps, float* out,

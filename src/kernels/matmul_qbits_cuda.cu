@@ -30,118 +30,27 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 
 #include "core/error.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/qbits_cuda_common.cuh"
 #include "kernels/qbits_cuda_pack.h"
 
 namespace anybit::cuda {
 namespace {
 
 using namespace detail;
+using namespace qdetail;
 
 constexpr int kQThreads = 256;
 constexpr int kQWarps = kQThreads / 32;
 constexpr int kR = 4;                  // output rows per warp
 constexpr int kChunkWords = 20;        // 16 half2 of x per chunk + 4 words of padding
 constexpr size_t kMaxSmem = 220 * 1024;  // below the 227 KiB opt-in limit of sm_90
-
-// The plane split of qbits_plane_split() at compile time (checked against it at upload).
-__host__ __device__ constexpr int plane_count(int bits) { return bits == 2 || bits == 4 ? 1 : bits == 7 ? 3 : 2; }
-__host__ __device__ constexpr int plane_width(int bits, int p) {
-  return p == 0 ? (bits < 4 ? 2 : 4) : p == 1 ? (bits == 3 || bits == 5 ? 1 : bits == 8 ? 4 : 2) : 1;
-}
-__host__ __device__ constexpr int plane_shift(int bits, int p) {
-  return p == 0 ? 0 : p == 1 ? plane_width(bits, 0) : plane_width(bits, 0) + plane_width(bits, 1);
-}
-__host__ __device__ constexpr int words_per_chunk(int bits) {
-  int n = 0;
-  for (int p = 0; p < plane_count(bits); ++p) n += plane_width(bits, p);
-  return n;
-}
-// Where pair `pi`'s code is assembled inside each 16-bit half: bit P (the code then spans
-// [P, P + bits), inside the 10 mantissa bits of 1024). Plane 0's field stays in place
-// when it fits, else the word is shifted right by a byte or by what is needed.
-__host__ __device__ constexpr int pair_pos0(int bits, int pi) { return plane_width(bits, 0) * (pi % (16 / plane_width(bits, 0))); }
-__host__ __device__ constexpr int code_pos(int bits, int pi) {
-  return pair_pos0(bits, pi) + bits <= 10                               ? pair_pos0(bits, pi)
-         : pair_pos0(bits, pi) >= 8 && pair_pos0(bits, pi) - 8 + bits <= 10 ? pair_pos0(bits, pi) - 8
-                                                                        : 10 - bits;
-}
-// f16 bit patterns of 2^-P and of -2^(10-P) (both exact).
-__host__ __device__ constexpr unsigned short h_pow2_neg(int P) { return (unsigned short)((15 - P) << 10); }
-__host__ __device__ constexpr unsigned short h_neg_pow2(int e) { return (unsigned short)(0x8000 | ((15 + e) << 10)); }
-
-struct QParams {
-  const float* x;
-  int64_t ldx;
-  int m;
-  int64_t K, N;
-  int64_t nch;  // chunks per row (K / 32)
-  const uint8_t* plane[3];
-  const void* scales;
-  const void* zeros;
-  int scales_f16, zeros_f16, asym;
-  float zero_sym;
-  int G, cpg;  // groups per row, chunks per group
-  const float* inv_s;
-  const float* norm_w;
-  float eps;
-  const float* bias;
-  int accumulate, pair;
-  float* y;
-  int64_t ldy;
-  int ks;          // warps per row group (split-K); > 1 means one row group per warp, no loop
-  int64_t groups;  // row groups of kR rows
-};
-
-__device__ __forceinline__ uint2 load_stream8(const void* p) {
-  uint2 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
-  return r;
-}
-__device__ __forceinline__ uint32_t load_stream4(const void* p) {
-  uint32_t r;
-  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r) : "l"(p));
-  return r;
-}
-
-// One row's chunk: all planes' words, plus its scale and zero point.
-template <int BITS>
-struct Chunk {
-  uint32_t w[words_per_chunk(BITS)];
-  float s, z;
-};
-
-template <int BITS>
-__device__ __forceinline__ void load_chunk(const QParams& p, int64_t row, int64_t q, Chunk<BITS>& c) {
-  int o = 0;
-#pragma unroll
-  for (int pl = 0; pl < plane_count(BITS); ++pl) {
-    const int W = plane_width(BITS, pl);
-    const uint8_t* a = p.plane[pl] + (row * p.nch + q) * (4 * W);
-    if (W == 4) {
-      const uint4 r = load_stream(a);
-      c.w[o] = r.x, c.w[o + 1] = r.y, c.w[o + 2] = r.z, c.w[o + 3] = r.w;
-    } else if (W == 2) {
-      const uint2 r = load_stream8(a);
-      c.w[o] = r.x, c.w[o + 1] = r.y;
-    } else {
-      c.w[o] = load_stream4(a);
-    }
-    o += W;
-  }
-  const int64_t gi = row * p.G + q / p.cpg;
-  c.s = p.scales_f16 ? f16_bits(__ldg(static_cast<const unsigned short*>(p.scales) + gi))
-                     : __ldg(static_cast<const float*>(p.scales) + gi);
-  if (p.asym)
-    c.z = p.zeros_f16 ? f16_bits(__ldg(static_cast<const unsigned short*>(p.zeros) + gi))
-                      : __ldg(static_cast<const float*>(p.zeros) + gi);
-  else
-    c.z = p.zero_sym;
-}
 
 template <int D>
 __device__ __forceinline__ uint32_t shift_by(uint32_t v) {
@@ -536,6 +445,10 @@ void launch_bits(const QParams& p, InputOp op, int M, cudaStream_t s) {
 
 bool aligned(const void* p, unsigned n) { return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0; }
 
+}  // namespace
+
+namespace qdetail {
+
 void check_weight(const QbitsDeviceWeight& w) {
   if (w.bits < 2 || w.bits > 8) fail("CUDA gemv_qbits: bit width {} is not supported (2..8)", w.bits);
   if (w.rows <= 0 || w.cols <= 0 || w.cols % 32 != 0 || w.group <= 0 || w.group % 32 != 0 || w.cols % w.group != 0)
@@ -557,6 +470,10 @@ QParams weight_params(const QbitsDeviceWeight& w) {
   p.inv_s = w.inv_input_scale;
   return p;
 }
+
+}  // namespace qdetail
+
+namespace {
 
 // One launch for m <= M rows of x, M in {1, 2, 4}.
 void gemv_qbits_block(const LinearArgs& a, const QbitsDeviceWeight& w, int M, cudaStream_t s) {
@@ -695,7 +612,9 @@ void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s)
   }
 }
 
-size_t qbits_scratch_bytes(const QbitsDeviceWeight& w) { return size_t(w.rows) * size_t(w.cols) * 2; }
+size_t qbits_scratch_bytes(const QbitsDeviceWeight& w) {
+  return std::max(size_t(w.rows) * size_t(w.cols) * 2, qbits_mma_scratch_bytes(w));
+}
 
 void gemm_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s) {
   if (a.m <= 0) return;
@@ -720,7 +639,13 @@ void gemm_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, 
 }
 
 void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s) {
+  // ANYBIT_QBITS_MMA=0 sends batched rows to the dequantize + GEMM path (for comparisons).
+  static const bool mma = [] {
+    const char* e = std::getenv("ANYBIT_QBITS_MMA");
+    return !(e && std::string(e) == "0");
+  }();
   if (a.m <= kGemvMaxRows) gemv_qbits(a, w, s);
+  else if (mma && a.m <= kMmaMaxRows) mma_qbits(a, w, scratch, s);
   else gemm_qbits(a, w, scratch, s);
 }
 
