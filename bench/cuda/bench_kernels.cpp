@@ -241,7 +241,7 @@ int main() {
         double deq = 0;
         if (m > kGemvMaxRows) {
           reserve_gemm_workspace(m, s.k, s.n, nullptr);
-          deq = median_samples_us(7, nullptr, [&](int) { gemm_qbits(a, wq.w, scratch, nullptr); });
+          deq = median_us([&](int) { gemm_qbits(a, wq.w, scratch, nullptr); }, 7);
         }
         double cub = 0;
 #ifdef ANYBIT_WITH_CUBLAS
