@@ -139,4 +139,8 @@ TEST(Cli, BadInputGivesOneLineErrorAndNonZeroExit) {
   // A GGUF path that is not a GGUF file.
   test::write_file(tmp.file("fake.gguf"), "GGUF but not really");
   expect_clean_error(test::run_cli("run -m " + tmp.file("fake.gguf") + " -p hi"), "fake.gguf");
+  // serve: random weights of a named shape (load benchmarks), refused with a model too or
+  // with an unknown shape, before anything listens.
+  expect_clean_error(test::run_cli("serve --shape tiny -m " + kModel + " --port 0"), "--shape");
+  expect_clean_error(test::run_cli("serve --shape llama-70b --port 0"), "llama-70b");
 }
