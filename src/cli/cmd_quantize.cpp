@@ -10,6 +10,7 @@
 #include "formats/model_loader.h"
 #include "formats/quant_checkpoint.h"
 #include "quant/quantize_model.h"
+#include "quant/rotate.h"
 
 namespace anybit::cli {
 
@@ -17,6 +18,8 @@ namespace {
 
 struct QuantizeArgs {
   std::string model, out, calib, scale_dtype = "f16";
+  bool rotate = false;
+  uint64_t rotate_seed = 1;
   quant::QuantizeOptions opts;
   bool sym = false, asym = false, no_sequential = false, act_order = true;
 };
@@ -40,10 +43,16 @@ int run_quantize(QuantizeArgs& a) {
   const std::string in_path = model_path_or_default(a.model);
   if (is_quant_checkpoint(in_path)) fail("{}: already quantized; quantize the original model", in_path);
   ModelFiles m = load_model_files(in_path);
+  std::string rotation;
+  if (a.rotate) {
+    m = quant::rotate_residual(std::move(m), a.rotate_seed, &rotation);
+    spdlog::info("residual stream rotated ({})", rotation);
+  }
   quant::QuantizeResult r = quant::quantize_model(m, o);
   QuantWriteOptions w;
   w.scale_dtype = o.scale_dtype;
   w.summary = r.summary;
+  if (a.rotate) w.summary["rotation"] = rotation;
   w.summary["source"] = in_path;
   std::error_code ec;
   if (std::filesystem::is_directory(in_path, ec)) w.tokenizer_source = in_path;
@@ -65,6 +74,10 @@ void register_quantize(CLI::App& app) {
   sub->add_option("--group", o.group, "Weights per scale: 32, 64 or 128")->check(CLI::IsMember({32, 64, 128}));
   sub->add_flag("--sym", a->sym, "Symmetric groups (default for 4..8 bits and --target-bpw)");
   sub->add_flag("--asym", a->asym, "Asymmetric groups, a zero point per group (default for 2..3 bits)");
+  sub->add_flag("--rotate", a->rotate,
+                "Rotate the residual stream by a random Hadamard/orthogonal matrix first (QuaRot idea, folded into "
+                "the weights: same architecture, outlier channels spread out)");
+  sub->add_option("--rotate-seed", a->rotate_seed, "Seed of the --rotate matrix");
   sub->add_option("--calib", a->calib, "Calibration text file (never the evaluation text)");
   sub->add_option("--calib-tokens", o.calib_tokens, "Calibration tokens to use")->check(CLI::PositiveNumber);
   sub->add_option("--calib-ctx", o.calib_ctx, "Calibration window length")->check(CLI::Range(int64_t(16), int64_t(1) << 20));
