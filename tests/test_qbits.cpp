@@ -202,6 +202,39 @@ TEST(Qbits, DispatchEntryMatchesFormatReference) {
   }
 }
 
+// 6..8-bit weights without --act-bits 8 run the int8 kernel on x and on its residual
+// (qbits_select.cpp): the result must sit within the two-term bound, ~254x tighter than
+// one int8 rounding of x, and act_bits 8 must keep the single int8 term.
+TEST(Qbits, WideWeightsCarryActivationsInTwoInt8Terms) {
+  const uint64_t seed = test::qbits_seed();
+  SCOPED_TRACE("seed=" + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
+    const KernelTable* t = kernels_for(isa);
+    if (!t) continue;
+    for (int bits : {6, 7, 8})
+      for (int64_t m : {1, 3, 17, 70}) {
+        QSpec s;
+        s.bits = bits, s.group = bits == 7 ? 64 : 128, s.asym = bits == 7, s.input_scale = bits == 6;
+        // m = 70 with K = 1024: the residual is computed by several OpenMP threads.
+        s.rows = 1 + int64_t(rng() % 70), s.cols = m == 70 ? 1024 : s.group * (1 + int64_t(rng() % 4));
+        SCOPED_TRACE(std::string(isa_name(isa)) + " " + describe(s, m));
+        QuantizedWeight w = test::random_qweight(s, rng);
+        const std::vector<float> x = random_x(rng, m * s.cols);
+        std::vector<float> y(size_t(m * s.rows), std::numeric_limits<float>::quiet_NaN());
+        const WeightMatrix wm{DType::QBITS, s.rows, s.cols, &w};
+        t->matmul[int(DType::QBITS)](x.data(), m, wm, y.data());
+        const std::vector<double> exact = test::dequant_ref(w, x.data(), m);
+        const std::vector<double> tol = test::int8_act_bound(w, x.data(), m, 254.0);
+        for (size_t i = 0; i < y.size(); ++i)
+          ASSERT_LE(std::fabs(double(y[i]) - exact[i]), tol[i]) << "y[" << i << "] " << y[i] << " vs " << exact[i];
+        EXPECT_NE(qbits_kernel_name(w, m).find("2-term"), std::string::npos) << qbits_kernel_name(w, m);
+        w.act_bits = 8;  // W*A8: one int8 term, per token
+        EXPECT_EQ(qbits_kernel_name(w, m).find("2-term"), std::string::npos);
+      }
+  }
+}
+
 TEST(Qbits, PrepareBuildsLayoutsAndValidates) {
   std::mt19937_64 rng(11);
   QSpec s;

@@ -76,7 +76,10 @@ inline std::vector<double> dequant_ref(const QuantizedWeight& w, const float* x,
 // Bound on |kernel - dequant_ref| for int8 activations: each activation is off by at most
 // half its quantization step (amax / 254 of its group, or of its token with act_bits 8),
 // times |w|; plus fp32 rounding of the group sums.
-inline std::vector<double> int8_act_bound(const QuantizedWeight& w, const float* x, int64_t m) {
+// step_divisor: 254 for the two-term activations (the residual's step is at most half a
+// step of x, divided by 127 again).
+inline std::vector<double> int8_act_bound(const QuantizedWeight& w, const float* x, int64_t m,
+                                          double step_divisor = 1.0) {
   std::vector<double> tol(size_t(m * w.rows));
   const int64_t G = w.groups_per_row();
   std::vector<double> step(size_t(m * G));
@@ -91,7 +94,7 @@ inline std::vector<double> int8_act_bound(const QuantizedWeight& w, const float*
     for (int64_t g = 0; g < G; ++g) {
       double amax = 0.0;
       for (int64_t c = g * w.group; c < (g + 1) * w.group; ++c) amax = std::fmax(amax, absx[size_t(i * w.cols + c)]);
-      step[size_t(i * G + g)] = (w.act_bits == 8 ? tok : amax) / 127.0;
+      step[size_t(i * G + g)] = (w.act_bits == 8 ? tok : amax) / 127.0 / step_divisor;
     }
   }
   std::vector<float> row(size_t(w.cols));
