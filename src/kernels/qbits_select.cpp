@@ -4,6 +4,7 @@
 #include <ctime>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <omp.h>
 #include <string>
@@ -150,37 +151,40 @@ void matmul_dequantized(const QuantizedWeight& q, const float* x, int64_t m, flo
 }
 
 // Activations in two int8 terms for weights of 6 bits and more without --act-bits 8: the
-// int8 kernel runs on x, then on the residual r = x - (x as the kernel quantized it), which
-// it quantizes again, so x is carried to ~2^-15 of each group's maximum instead of 2^-8,
-// for twice the integer work. At these widths the single int8 rounding of x was the larger
-// error (W8 g128 perplexity +0.066% against +0.024% with fp32 activations,
-// docs/QUANTIZATION.md); at 5 bits and less the weights dominate and one term is kept.
+// residual r = x - (x as the int8 kernel quantizes it) is quantized again, so x is carried
+// to ~2^-15 of each group's maximum instead of 2^-8. The kernel runs once on 2m rows
+// [x; r] (its tiles feed every unpacked weight vector to all their token rows, so the
+// weights are read once) and the two halves are added. At these widths the single int8
+// rounding of x was the larger error (W8 g128 perplexity +0.066% against +0.024% with fp32
+// activations, docs/QUANTIZATION.md); at 5 bits and less the weights dominate.
 bool two_term_activations(const QuantizedWeight& q) { return q.act_bits == 0 && q.bits >= 6; }
 
 using QuantizeActs = void (*)(const float*, int64_t, int64_t, int, bool, const float*, qbits::ActQ&);
 
 void run_two_term(const qbits::Kernel& k, QuantizeActs quantize, const QuantizedWeight& q, const float* x, int64_t m,
                   float* y) {
-  k.run(q, x, m, y);
-  const int64_t K = q.cols, G = K / q.group, group = q.group;
+  const int64_t K = q.cols, N = q.rows, G = K / q.group, group = q.group;
   const qbits::PackSet& set = qbits::pack_set(q);
   const float* inv = set.inv_input_scale.empty() ? nullptr : set.inv_input_scale.data();
   qbits::ActQ& a = qbits::act_scratch(m, K, G);
-  quantize(x, m, K, q.group, false, inv, a);  // exactly what the kernel did with x
-  thread_local std::vector<float> r, y2;
-  r.resize(size_t(m * K));
-  y2.resize(size_t(m * q.rows));
-  float* rp = r.data();  // not `r` inside the region: each OpenMP thread has its own thread_local
+  quantize(x, m, K, q.group, false, inv, a);  // exactly what the kernel does with x
+  thread_local std::vector<float> xx, yy;
+  xx.resize(size_t(2 * m * K));
+  yy.resize(size_t(2 * m * N));
+  // Pointers, not the vectors, inside the region: each OpenMP thread has its own thread_local.
+  float* xp = xx.data();
   const int8_t* aq = a.q;
   const float* axs = a.xs;
+  std::memcpy(xp, x, size_t(m * K) * sizeof(float));
 #pragma omp parallel for schedule(static) if (m * K >= 65536)
   for (int64_t i = 0; i < m; ++i)
     for (int64_t c = 0; c < K; ++c) {
       const float xq = float(aq[i * K + c]) * axs[i * G + c / group];  // x * inv as quantized
-      rp[i * K + c] = x[i * K + c] - (inv ? xq / inv[c] : xq);
+      xp[(m + i) * K + c] = x[i * K + c] - (inv ? xq / inv[c] : xq);
     }
-  k.run(q, r.data(), m, y2.data());
-  for (int64_t j = 0; j < m * q.rows; ++j) y[j] += y2[size_t(j)];
+  k.run(q, xp, 2 * m, yy.data());
+  const float* yp = yy.data();
+  for (int64_t j = 0; j < m * N; ++j) y[j] = yp[j] + yp[m * N + j];
 }
 
 const QuantizedWeight& qweight(const WeightMatrix& w) {
