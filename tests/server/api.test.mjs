@@ -193,3 +193,25 @@ describe('OpenAI API', () => {
     assert.ok(m.anybit_generation_tokens_total > 100);
   });
 });
+
+describe('serve --shape: random weights of a named shape, for load benchmarks', () => {
+  test('serves a random 3-bit model with the embedded tokenizer, deterministically', async () => {
+    const srv = await startServer(['--shape', 'tiny', '--bits', '3'], { withModel: false });
+    try {
+      const ids = [];
+      for await (const m of srv.client.models.list()) ids.push(m.id);
+      assert.deepEqual(ids, ['tiny-w3g128']);
+      const ask = () => srv.client.completions.create({
+        model: 'tiny-w3g128', prompt: 'The kernel', max_tokens: 8, temperature: 0, ignore_eos: true,
+      });
+      const a = await ask(), b = await ask();
+      assert.equal(a.usage.completion_tokens, 8);
+      assert.ok(a.usage.prompt_tokens >= 2, JSON.stringify(a.usage));
+      assert.ok(a.choices[0].text.length > 0);
+      assert.equal(b.choices[0].text, a.choices[0].text);
+    } finally {
+      const { code } = await srv.stop();
+      assert.equal(code, 0, srv.stderr());
+    }
+  });
+});

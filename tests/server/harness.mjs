@@ -9,8 +9,9 @@ export const MODEL_PATH = process.env.ANYBIT_MODEL;
 export const MODEL = 'tiny-llama';
 if (!BIN || !MODEL_PATH) throw new Error('set ANYBIT_BIN and ANYBIT_MODEL (tests/server/run.sh does)');
 
-export async function startServer(extraArgs = [], { startTimeoutMs = 120_000 } = {}) {
-  const args = ['serve', '-m', MODEL_PATH, '--port', '0', '-t', '1', ...extraArgs];
+// withModel: false leaves out `-m` (for `serve --shape`, random weights).
+export async function startServer(extraArgs = [], { startTimeoutMs = 120_000, withModel = true } = {}) {
+  const args = ['serve', ...(withModel ? ['-m', MODEL_PATH] : []), '--port', '0', '-t', '1', ...extraArgs];
   const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   proc.stderr.on('data', (d) => { stderr += d; });
