@@ -87,6 +87,20 @@ std::vector<double> host_input(const Weight& w, const std::vector<float>& x, int
   return out;
 }
 
+// Row i of op(x) (host_input, m x K) against weight row n of the dequantized weight:
+// the exact dot product, and the sum of |x w| the tolerances scale with.
+double dequant_dot(const Weight& w, const std::vector<double>& xin, int64_t i, int64_t n, double& xw) {
+  const int64_t K = w.q.cols;
+  double ref = 0;
+  xw = 0;
+  for (int64_t c = 0; c < K; ++c) {
+    const double p = xin[size_t(i * K + c)] * w.deq[size_t(n * K + c)];
+    ref += p;
+    xw += std::fabs(p);
+  }
+  return ref;
+}
+
 void check_gemv(std::mt19937_64& rng, const Weight& w, int64_t m, cuda::InputOp op, bool bias, bool accumulate) {
   const int64_t N = w.q.rows, K = w.q.cols;
   SCOPED_TRACE(fmt::format("bits={} group={} asym={} inscale={} N={} K={} m={} op={} bias={} acc={}", w.q.bits, w.q.group,
@@ -291,11 +305,8 @@ TEST(CudaQbits, GemmPathMatchesDequantizedReference) {
       const auto y = dy.download();
       for (int64_t i = 0; i < m; ++i)
         for (int64_t n = 0; n < N; ++n) {
-          double ref = 0, xw = 0;
-          for (int64_t c = 0; c < K; ++c) {
-            ref += xin[size_t(i * K + c)] * w.deq[size_t(n * K + c)];
-            xw += std::fabs(xin[size_t(i * K + c)] * w.deq[size_t(n * K + c)]);
-          }
+          double xw = 0;
+          double ref = dequant_dot(w, xin, i, n, xw);
           ASSERT_NEAR(y[size_t(i * N + n)], ref, xw / 256.0 + 1e-5) << "row " << i << " col " << n;
         }
     }
@@ -337,11 +348,8 @@ TEST(CudaQbits, MmaPathMatchesDequantizedReference) {
       const auto y = dy.download();
       for (int64_t i = 0; i < m; ++i)
         for (int64_t n = 0; n < N; ++n) {
-          double ref = 0, xw = 0;
-          for (int64_t c = 0; c < K; ++c) {
-            ref += xin[size_t(i * K + c)] * w.deq[size_t(n * K + c)];
-            xw += std::fabs(xin[size_t(i * K + c)] * w.deq[size_t(n * K + c)]);
-          }
+          double xw = 0;
+          double ref = dequant_dot(w, xin, i, n, xw);
           if (bias) ref += b[size_t(n)];
           if (accumulate) ref += y0[size_t(i * ldy + n)];
           ASSERT_NEAR(y[size_t(i * ldy + n)], ref, xw / 256.0 + 1e-5) << "row " << i << " col " << n;

@@ -105,7 +105,7 @@ void free_qbits(QbitsDeviceAlloc& a);
 // y = op(x) * (1/input_scale) . W^T (+ bias) (+ y), fp32 activations and accumulation. Same
 // LinearArgs semantics as gemv() (InputOp None / RmsNorm / SiluMul, bias, accumulate,
 // silu_pairs). m <= kGemvMaxRows runs one fused GEMV launch; larger m runs it once per 4 rows
-// (correct but re-reads W; linear_qbits takes gemm_qbits there). x (and norm_w) must be 16-byte
+// (correct but re-reads W; linear_qbits takes mma_qbits there). x (and norm_w) must be 16-byte
 // aligned with ldx % 4 == 0. Enqueue only: graph-capturable.
 void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s);
 // Prefill (any m, op None only): W dequantized to bf16 into `scratch` (at least

@@ -107,8 +107,9 @@ class LlamaCudaModel final : public ModelBackend {
   std::vector<Layer> layers_;
   bool gemv_ok_ = true;  // every dense K suits the fused GEMV path (QBITS always does)
   std::vector<cuda::QbitsDeviceAlloc> qallocs_;
-  // Dequantized bf16 copy of one QBITS part for the prefill GEMM (gemm_qbits), sized for
-  // the largest part; null when the model has no QBITS matrix.
+  // Scratch of the batched QBITS paths (linear_qbits): mma_qbits' staged x and partial sums,
+  // or gemm_qbits' dequantized bf16 copy of one part; sized for the largest part; null when
+  // the model has no QBITS matrix.
   void* qscratch_ = nullptr;
 
   // KV mirror
