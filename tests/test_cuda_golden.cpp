@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -95,6 +96,45 @@ TEST(CudaGolden, LogitsAndGreedyMatchTransformers) {
     }
     EXPECT_GT(model.graph_replays(), 0) << "decode steps did not use the CUDA graph";
   }
+}
+
+// f16 / bf16 KV caches (decode on the tensor cores) against the same references: the
+// cache's rounding moves the logits a little, so the bound is looser than for fp32, and the
+// greedy check is teacher-forced (each step is fed the reference token, so one near-tie
+// cannot derail the rest) and must agree on nearly every step.
+TEST(CudaGolden, HalfPrecisionKvCacheTracksTransformers) {
+  ANYBIT_REQUIRE_CUDA();
+  for (const auto& dir : golden_model_dirs())
+    for (DType dt : {DType::F16, DType::BF16}) {
+      SCOPED_TRACE(dir + " kv " + std::string(dtype_name(dt)));
+      Loaded l = load_dir(dir);
+      LlamaCudaModel model(l.cfg, l.store);
+      model.set_kv_dtype(dt);
+      const json ref = json::parse(read_text_file(reference_path(dir)));
+      KVCache kv(l.cfg, 64, 16);
+      double worst = 0;
+      size_t agree = 0, steps = 0;
+      for (const auto& r : ref.at("references")) {
+        std::vector<int32_t> ids = r.at("prompt_ids").get<std::vector<int32_t>>();
+        SequenceKV seq;
+        ForwardOutput out;
+        model.forward({BatchEntry{&seq, ids.data(), int64_t(ids.size()), false}}, kv, out);
+        for (const auto& p : r.at("last_logits_top20"))
+          worst = std::max(worst, std::fabs(double(out.row(0)[p[0].get<int>()]) - p[1].get<double>()));
+        const auto want = r.at("greedy_ids").get<std::vector<int32_t>>();
+        for (size_t i = 0; i < want.size(); ++i) {
+          agree += argmax(out.row(0), out.vocab) == want[i] ? 1 : 0;
+          ++steps;
+          model.forward({BatchEntry{&seq, &want[i], 1, false}}, kv, out);
+        }
+        kv.release(seq);
+      }
+      std::printf("kv %s: top-20 logits max error %.2e, teacher-forced greedy %zu/%zu\n",
+                  std::string(dtype_name(dt)).c_str(), worst, agree, steps);
+      EXPECT_LT(worst, dt == DType::F16 ? 1e-2 : 5e-2) << "last-position logits differ from the reference top-20";
+      EXPECT_GE(double(agree), 0.97 * double(steps)) << "greedy steps disagree with the reference";
+      EXPECT_GT(model.graph_replays(), 0);
+    }
 }
 
 // Mixed batches (several prefills, decode + prefill with all logits) on the GPU against the

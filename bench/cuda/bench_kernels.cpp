@@ -1,6 +1,6 @@
 // Kernel timings on the GPU (anybit_cuda_bench): the decode GEMV for the Llama-1B and
 // Llama-8B matrix shapes against the device-to-device copy bandwidth, and split-KV decode
-// attention. Weights rotate over enough copies to defeat the L2; each figure is the median
+// attention (bench_attention.cpp). Weights rotate over enough copies to defeat the L2; each figure is the median
 // of event-timed launches after a warm-up. Prints a markdown table. QBITS rows count the
 // packed bytes (codes + f16 scales) as the traffic.
 #include <cuda_fp16.h>
@@ -22,88 +22,14 @@
 #include "kernels/cuda_kernels.h"
 #include "kernels/qbits_cuda_pack.h"
 #include "quant/random_qbits.h"
+#include "bench_util.h"
 
 using namespace anybit;
 using namespace anybit::cuda;
+using namespace anybit::cuda::bench;
 
-namespace {
-
-constexpr int kInner = 20;  // launches per timed sample
-
-// Median over `reps` samples of the per-launch time, each sample timed with events on
-// stream `st` around `sample(i)`, which enqueues kInner launches.
-template <typename F>
-double median_samples_us(int reps, cudaStream_t st, F&& sample) {
-  cudaEvent_t a, b;
-  ANYBIT_CUDA_CHECK(cudaEventCreate(&a));
-  ANYBIT_CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    ANYBIT_CUDA_CHECK(cudaEventRecord(a, st));
-    sample(i);
-    ANYBIT_CUDA_CHECK(cudaEventRecord(b, st));
-    ANYBIT_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    ANYBIT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(double(ms) * 1000.0 / kInner);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-// kInner back-to-back launches per sample (so launch gaps look like they do inside a CUDA
-// graph, not like an isolated launch between events).
-template <typename F>
-double median_us(F&& launch, int reps) {
-  for (int i = 0; i < 5; ++i) launch(i);
-  return median_samples_us(reps, nullptr, [&](int i) {
-    for (int j = 0; j < kInner; ++j) launch(i * kInner + j);
-  });
-}
-
-// The same with the kInner launches captured into one CUDA graph (as the model's decode
-// step runs them): no host launch cost, only the kernels and the gaps between them.
-template <typename F>
-double median_graph_us(F&& launch, int reps) {
-  cudaStream_t st;
-  ANYBIT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  cudaGraph_t g = nullptr;
-  cudaGraphExec_t ge = nullptr;
-  ANYBIT_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int j = 0; j < kInner; ++j) launch(j, st);
-  ANYBIT_CUDA_CHECK(cudaStreamEndCapture(st, &g));
-  ANYBIT_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-  for (int i = 0; i < 3; ++i) ANYBIT_CUDA_CHECK(cudaGraphLaunch(ge, st));
-  const double us = median_samples_us(reps, st, [&](int) { ANYBIT_CUDA_CHECK(cudaGraphLaunch(ge, st)); });
-  cudaGraphExecDestroy(ge);
-  cudaGraphDestroy(g);
-  cudaStreamDestroy(st);
-  return us;
-}
-
-void* random_device_bytes(size_t bytes, DType t, std::mt19937_64& rng) {
-  std::normal_distribution<float> nd(0.0f, 0.02f);
-  std::vector<uint8_t> h(bytes);
-  const size_t es = t == DType::F32 ? 4 : 2;
-  for (size_t i = 0; i + es <= bytes; i += es) {
-    const float v = nd(rng);
-    if (es == 4) std::memcpy(&h[i], &v, 4);
-    else {
-      const uint16_t b = t == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
-      std::memcpy(&h[i], &b, 2);
-    }
-  }
-  void* d = nullptr;
-  ANYBIT_CUDA_CHECK(cudaMalloc(&d, bytes));
-  ANYBIT_CUDA_CHECK(cudaMemcpy(d, h.data(), bytes, cudaMemcpyHostToDevice));
-  return d;
-}
-
-}  // namespace
-
-int main() {
+// `anybit_cuda_bench attention` runs only the attention section.
+int main(int argc, char** argv) {
   if (device_count() == 0) {
     std::printf("no CUDA device\n");
     return 0;
@@ -125,6 +51,10 @@ int main() {
 
   std::printf("| kernel | shape | median us | GB/s | %% of copy |\n|---|---|---|---|---|\n");
   std::printf("| D2D copy | 1 GiB | %.1f | %.0f | 100 |\n", copy_us, copy_gbs);
+  if (argc > 1 && std::string(argv[1]) == "attention") {
+    bench_attention(copy_gbs, rng);
+    return 0;
+  }
 
   struct Shape {
     const char* name;
@@ -275,43 +205,7 @@ int main() {
 #endif
   }
 
-  // Decode attention, Llama-1B heads (32 q / 8 kv, head_dim 64), one layer of a cache.
-  for (int64_t ctx : {512, 4096, 16384}) {
-    const int64_t heads = 32, kvh = 8, hd = 64, bs = 16, blocks = ctx / bs;
-    KVLayout kv;
-    kv.n_layers = 1, kv.n_kv_heads = kvh, kv.head_dim = hd, kv.block_size = bs;
-    const size_t kv_bytes = size_t(blocks * kv.block_floats()) * 4;
-    kv.base = static_cast<float*>(random_device_bytes(kv_bytes, DType::F32, rng));
-    std::vector<int32_t> bt(static_cast<size_t>(blocks));
-    for (int64_t i = 0; i < blocks; ++i) bt[size_t(i)] = int32_t((i * 7) % blocks);  // scattered blocks
-    std::vector<int32_t> meta = {int32_t(ctx - 1), 0};
-    int32_t *dbt = nullptr, *dmeta = nullptr;
-    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dbt), bt.size() * 4));
-    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dmeta), meta.size() * 4));
-    ANYBIT_CUDA_CHECK(cudaMemcpy(dbt, bt.data(), bt.size() * 4, cudaMemcpyHostToDevice));
-    ANYBIT_CUDA_CHECK(cudaMemcpy(dmeta, meta.data(), meta.size() * 4, cudaMemcpyHostToDevice));
-    AttentionArgs a;
-    a.q = static_cast<float*>(random_device_bytes(size_t(heads * hd) * 4, DType::F32, rng));
-    a.ldq = heads * hd;
-    float* out = nullptr;
-    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&out), size_t(heads * hd) * 4));
-    a.out = out, a.ldo = heads * hd, a.kv = kv, a.layer = 0, a.n_heads = heads, a.scale = 0.125f;
-    a.n_tok = 1, a.n_seq = 1, a.tok_pos = dmeta, a.tok_seq = dmeta + 1, a.block_tables = dbt, a.max_blocks = blocks;
-    decode_splits(ctx, a.n_splits, a.split_len);
-    float* part = nullptr;
-    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&part), size_t(heads * a.n_splits * (hd + 2)) * 4));
-    a.partial = part;
-    const double us = median_us([&](int) { attention_decode(a, nullptr); }, 15);
-    const double gbs = double(kv_bytes) / us / 1e3;
-    std::printf("| attention decode | ctx %lld, 32/8 heads, hd 64, %lld splits | %.1f | %.0f | %.0f |\n", (long long)ctx,
-                (long long)a.n_splits, us, gbs, 100.0 * gbs / copy_gbs);
-    cudaFree(kv.base);
-    cudaFree(dbt);
-    cudaFree(dmeta);
-    cudaFree(const_cast<float*>(a.q));
-    cudaFree(out);
-    cudaFree(part);
-  }
+  bench_attention(copy_gbs, rng);
   ANYBIT_CUDA_CHECK(cudaDeviceSynchronize());
   return 0;
 }

@@ -17,6 +17,8 @@ void ModelArgs::add(CLI::App* sub) {
   sub->add_option("-c,--ctx-size", ctx, "Context length (default: the model's)")->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   sub->add_option("--device", device, "cpu, cuda or auto (default: cuda when a GPU is visible)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  sub->add_option("--kv-dtype", kv_dtype, "KV cache element type on the GPU: f32, f16 or bf16 (default f32)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
 }
 
 void SamplingArgs::add(CLI::App* sub) {
@@ -60,6 +62,7 @@ std::unique_ptr<Engine> load_engine(const ModelArgs& a, int64_t max_sequences) {
   o.max_context = a.ctx;
   o.max_sequences = max_sequences;
   o.device = a.device;
+  o.kv_dtype = parse_float_dtype(a.kv_dtype);
   auto e = std::make_unique<Engine>(std::move(files), o);
   spdlog::info("loaded {} ({}, {} layers, {:.1f} MiB) in {:.2f}s, backend: {}", path, e->files().format,
                e->config().n_layers, double(e->model().weight_bytes()) / 1048576.0,

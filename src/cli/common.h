@@ -14,6 +14,7 @@ struct ModelArgs {
   int threads = 0;
   int64_t ctx = 0;
   std::string device = "auto";  // cpu | cuda | auto
+  std::string kv_dtype = "f32";  // f32 | f16 | bf16 (GPU KV cache)
   void add(CLI::App* sub);
 };
 

@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "kernels/attention_cuda.cuh"
 #include "kernels/cuda_common.cuh"
 
 namespace anybit::cuda {
@@ -20,17 +21,18 @@ namespace {
 
 using namespace detail;
 
-constexpr int kGMax = 8;  // query heads per kv head handled by one decode block
+constexpr int kGMax = kAttnMaxGroup;
 constexpr int kDecodeWarps = 4;
 
-__device__ __forceinline__ const float* k_row(const AttentionArgs& a, const int32_t* btab, int64_t p, int64_t kvh) {
-  const int64_t bs = a.kv.block_size, hd = a.kv.head_dim;
-  const int64_t blk = btab[p / bs];
-  return a.kv.base + blk * a.kv.block_floats() + ((a.layer * 2) * a.kv.n_kv_heads + kvh) * bs * hd + (p % bs) * hd;
+// Element offset of position p's K row of kv head kvh (its V row is v_off further).
+__device__ __forceinline__ int64_t k_row(const AttentionArgs& a, const int32_t* btab, int64_t p, int64_t kvh) {
+  const int64_t bs = a.kv.block_size;
+  return kv_row(a.kv, btab[p / bs], a.layer, 0, kvh, p % bs);
 }
 
-template <int HDI>
+template <DType D, int HDI>
 __global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const AttentionArgs a) {
+  using E = Elt<D>;
   pdl_wait();
   pdl_trigger();
   const int sp = blockIdx.x;
@@ -66,12 +68,12 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const At
 #pragma unroll
     for (int u = 0; u < KU; ++u) {
       const int64_t j = j0 + int64_t(u) * kDecodeWarps;
-      const float* kr = j < hi ? k_row(a, btab, j, kvh) : nullptr;
+      const int64_t kr = j < hi ? k_row(a, btab, j, kvh) : -1;
 #pragma unroll
       for (int i = 0; i < HDI; ++i) {
         const int64_t d = lane + 32 * i;
-        kk[u][i] = (kr && d < hd) ? kr[d] : 0.0f;
-        vv[u][i] = (kr && d < hd) ? kr[v_off + d] : 0.0f;
+        kk[u][i] = (kr >= 0 && d < hd) ? E::at(a.kv.base, kr + d) : 0.0f;
+        vv[u][i] = (kr >= 0 && d < hd) ? E::at(a.kv.base, kr + v_off + d) : 0.0f;
       }
     }
 #pragma unroll
@@ -151,8 +153,9 @@ __global__ void attn_combine_kernel(const AttentionArgs a) {
 
 constexpr int BQ = 16, BKV = 32, kPrefillThreads = 128;
 
-template <int HDP>
+template <DType D, int HDP>
 __global__ void __launch_bounds__(kPrefillThreads) attn_prefill_kernel(const AttentionArgs a) {
+  using E = Elt<D>;
   __shared__ float Qs[BQ][HDP + 1], Ks[BKV][HDP + 1], Vs[BKV][HDP], Ps[BQ][BKV + 1];
   pdl_wait();
   pdl_trigger();
@@ -188,9 +191,9 @@ __global__ void __launch_bounds__(kPrefillThreads) attn_prefill_kernel(const Att
       const int64_t p = kt0 + j;
       float kv = 0.0f, vv = 0.0f;
       if (p < kend && d < hd) {
-        const float* kr = k_row(a, btab, p, kvh);
-        kv = kr[d];
-        vv = kr[v_off + d];
+        const int64_t kr = k_row(a, btab, p, kvh);
+        kv = E::at(a.kv.base, kr + d);
+        vv = E::at(a.kv.base, kr + v_off + d);
       }
       Ks[j][d] = kv;
       Vs[j][d] = vv;
@@ -255,36 +258,76 @@ void decode_splits(int64_t max_ctx, int64_t& n_splits, int64_t& split_len) {
   n_splits = std::max<int64_t>(1, (max_ctx + split_len - 1) / split_len);
 }
 
-void attention_decode(const AttentionArgs& a, cudaStream_t s) {
-  if (a.n_tok <= 0) return;
-  check_shape(a, "attention_decode");
-  if (a.n_heads / a.kv.n_kv_heads > kGMax)
-    fail("CUDA attention_decode: {} query heads per kv head (at most {})", a.n_heads / a.kv.n_kv_heads, kGMax);
-  if (a.n_splits > 1 && !a.partial) fail("CUDA attention_decode: {} splits need a workspace", a.n_splits);
+void check_kv_dtype(DType dtype, const char* what) {
+  if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16)
+    fail("CUDA {}: a KV cache of {} is not supported (f32, f16 or bf16)", what, dtype_name(dtype));
+}
+
+void attention_combine(const AttentionArgs& a, cudaStream_t s) {
+  launch_pdl(attn_combine_kernel, dim3(unsigned(a.n_tok * a.n_heads)), dim3(128), 0, s, a);
+  check_launch("attention_combine");
+}
+
+namespace {
+
+template <DType D>
+void launch_decode_simt(const AttentionArgs& a, cudaStream_t s) {
   const dim3 grid(unsigned(a.n_splits), unsigned(a.kv.n_kv_heads), unsigned(a.n_tok));
   const unsigned th = kDecodeWarps * 32;
   switch ((a.kv.head_dim + 31) / 32) {
-    case 1: launch_pdl(attn_decode_kernel<1>, grid, dim3(th), 0, s, a); break;
-    case 2: launch_pdl(attn_decode_kernel<2>, grid, dim3(th), 0, s, a); break;
-    case 3: launch_pdl(attn_decode_kernel<3>, grid, dim3(th), 0, s, a); break;
-    default: launch_pdl(attn_decode_kernel<4>, grid, dim3(th), 0, s, a); break;
+    case 1: launch_pdl(attn_decode_kernel<D, 1>, grid, dim3(th), 0, s, a); break;
+    case 2: launch_pdl(attn_decode_kernel<D, 2>, grid, dim3(th), 0, s, a); break;
+    case 3: launch_pdl(attn_decode_kernel<D, 3>, grid, dim3(th), 0, s, a); break;
+    default: launch_pdl(attn_decode_kernel<D, 4>, grid, dim3(th), 0, s, a); break;
+  }
+}
+
+template <DType D>
+void launch_prefill(const AttentionArgs& a, cudaStream_t s) {
+  const dim3 grid(unsigned((a.max_nq + BQ - 1) / BQ), unsigned(a.n_heads), unsigned(a.n_seq));
+  switch ((a.kv.head_dim + 31) / 32) {
+    case 1: attn_prefill_kernel<D, 32><<<grid, kPrefillThreads, 0, s>>>(a); break;
+    case 2: attn_prefill_kernel<D, 64><<<grid, kPrefillThreads, 0, s>>>(a); break;
+    case 3: attn_prefill_kernel<D, 96><<<grid, kPrefillThreads, 0, s>>>(a); break;
+    default: attn_prefill_kernel<D, 128><<<grid, kPrefillThreads, 0, s>>>(a); break;
+  }
+}
+
+}  // namespace
+
+void check_decode_args(const AttentionArgs& a) {
+  check_shape(a, "attention_decode");
+  check_kv_dtype(a.kv.dtype, "attention_decode");
+  if (a.n_heads / a.kv.n_kv_heads > kGMax)
+    fail("CUDA attention_decode: {} query heads per kv head (at most {})", a.n_heads / a.kv.n_kv_heads, kGMax);
+  if (a.n_splits > 1 && !a.partial) fail("CUDA attention_decode: {} splits need a workspace", a.n_splits);
+}
+
+void attention_decode_simt(const AttentionArgs& a, cudaStream_t s) {
+  if (a.n_tok <= 0) return;
+  check_decode_args(a);
+  switch (a.kv.dtype) {
+    case DType::F16: launch_decode_simt<DType::F16>(a, s); break;
+    case DType::BF16: launch_decode_simt<DType::BF16>(a, s); break;
+    default: launch_decode_simt<DType::F32>(a, s); break;
   }
   check_launch("attention_decode");
-  if (a.n_splits > 1) {
-    launch_pdl(attn_combine_kernel, dim3(unsigned(a.n_tok * a.n_heads)), dim3(128), 0, s, a);
-    check_launch("attention_combine");
-  }
+  if (a.n_splits > 1) attention_combine(a, s);
+}
+
+void attention_decode(const AttentionArgs& a, cudaStream_t s) {
+  if (a.n_tok > 0 && attention_decode_mma_supported(a)) attention_decode_mma(a, s);
+  else attention_decode_simt(a, s);
 }
 
 void attention_prefill(const AttentionArgs& a, cudaStream_t s) {
   if (a.n_seq <= 0 || a.max_nq <= 0) return;
   check_shape(a, "attention_prefill");
-  const dim3 grid(unsigned((a.max_nq + BQ - 1) / BQ), unsigned(a.n_heads), unsigned(a.n_seq));
-  switch ((a.kv.head_dim + 31) / 32) {
-    case 1: attn_prefill_kernel<32><<<grid, kPrefillThreads, 0, s>>>(a); break;
-    case 2: attn_prefill_kernel<64><<<grid, kPrefillThreads, 0, s>>>(a); break;
-    case 3: attn_prefill_kernel<96><<<grid, kPrefillThreads, 0, s>>>(a); break;
-    default: attn_prefill_kernel<128><<<grid, kPrefillThreads, 0, s>>>(a); break;
+  check_kv_dtype(a.kv.dtype, "attention_prefill");
+  switch (a.kv.dtype) {
+    case DType::F16: launch_prefill<DType::F16>(a, s); break;
+    case DType::BF16: launch_prefill<DType::BF16>(a, s); break;
+    default: launch_prefill<DType::F32>(a, s); break;
   }
   check_launch("attention_prefill");
 }

@@ -24,6 +24,7 @@ struct Elt<DType::F32> {
   static constexpr int kVec = 4;
   static constexpr int kBytes = 4;
   __device__ static float at(const void* p, int64_t i) { return static_cast<const float*>(p)[i]; }
+  __device__ static void store(void* p, int64_t i, float v) { static_cast<float*>(p)[i] = v; }
   __device__ static void widen(const uint4& r, float* o) {
     o[0] = __uint_as_float(r.x), o[1] = __uint_as_float(r.y), o[2] = __uint_as_float(r.z), o[3] = __uint_as_float(r.w);
   }
@@ -33,6 +34,7 @@ struct Elt<DType::BF16> {
   static constexpr int kVec = 8;
   static constexpr int kBytes = 2;
   __device__ static float at(const void* p, int64_t i) { return bf16_bits(static_cast<const uint16_t*>(p)[i]); }
+  __device__ static void store(void* p, int64_t i, float v) { static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); }
   __device__ static void widen(const uint4& r, float* o) {
     const uint32_t w[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
@@ -47,6 +49,7 @@ struct Elt<DType::F16> {
   static constexpr int kVec = 8;
   static constexpr int kBytes = 2;
   __device__ static float at(const void* p, int64_t i) { return f16_bits(static_cast<const uint16_t*>(p)[i]); }
+  __device__ static void store(void* p, int64_t i, float v) { static_cast<__half*>(p)[i] = __float2half_rn(v); }
   __device__ static void widen(const uint4& r, float* o) {
     const uint32_t w[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
@@ -57,6 +60,13 @@ struct Elt<DType::F16> {
     }
   }
 };
+
+// Element offset of the K (kv = 0) or V (kv = 1) row of slot `off` of `block` for one kv head.
+__device__ __forceinline__ int64_t kv_row(const KVLayout& c, int64_t block, int64_t layer, int kv, int64_t kvh,
+                                          int64_t off) {
+  return block * c.block_elems() + ((layer * 2 + kv) * c.n_kv_heads + kvh) * c.block_size * c.head_dim +
+         off * c.head_dim;
+}
 
 // Weights are read once per step and do not fit in L2: keep them out of L1.
 __device__ __forceinline__ uint4 load_stream(const void* p) {

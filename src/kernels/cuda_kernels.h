@@ -3,9 +3,9 @@
 // captured into one CUDA graph. Activations are fp32 row-major on the device; weights
 // stay in their stored dtype (f32, f16, bf16) with PyTorch Linear layout [N][K].
 //
-// The paged KV cache on the device mirrors model/kv_cache.h exactly (fp32,
-// [block][layer][K|V][kv_head][slot][head_dim]), so a host cache's bytes can be copied
-// over for tests and the same block ids mean the same thing on both sides.
+// The paged KV cache on the device has model/kv_cache.h's layout
+// ([block][layer][K|V][kv_head][slot][head_dim]) and block ids, in fp32 (then a host cache's
+// bytes can be copied over for tests) or in f16 / bf16 (half the traffic and memory).
 #pragma once
 #ifdef ANYBIT_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -137,10 +137,14 @@ void gather_rows(const float* x, const int32_t* rows, int64_t n_rows, int64_t n,
 void argmax_rows(const float* x, int64_t n_rows, int64_t n, int32_t* out, cudaStream_t s);
 
 struct KVLayout {
-  float* base = nullptr;
+  void* base = nullptr;
+  DType dtype = DType::F32;  // F32, F16 or BF16 elements
   int64_t n_layers = 0, n_kv_heads = 0, head_dim = 0, block_size = 0;
-  ANYBIT_HOST_DEVICE int64_t block_floats() const { return n_layers * 2 * n_kv_heads * block_size * head_dim; }
+  ANYBIT_HOST_DEVICE int64_t block_elems() const { return n_layers * 2 * n_kv_heads * block_size * head_dim; }
+  ANYBIT_HOST_DEVICE int64_t elem_bytes() const { return dtype == DType::F32 ? 4 : 2; }
 };
+// Throws unless dtype is F32, F16 or BF16.
+void check_kv_dtype(DType dtype, const char* what);
 
 // Rotates q and k of each token in the fused qkv rows ([q | k | v], ld floats apart) and
 // writes k and v into the cache at slot[t] = block * block_size + offset.
@@ -180,7 +184,16 @@ struct AttentionArgs {
 };
 // One query per row, any number of rows; the context of row t is [0, tok_pos[t]].
 // Each (row, kv head, split) is one block covering all the query heads of that kv head.
+// f16 / bf16 caches run attention_decode_mma when attention_decode_mma_supported(), else
+// the SIMT kernel (fp32 caches always take the SIMT kernel: exact fp32 products).
 void attention_decode(const AttentionArgs& a, cudaStream_t s);
+// The paths directly (tests and benchmarks pick one). The SIMT kernel takes every dtype.
+void attention_decode_simt(const AttentionArgs& a, cudaStream_t s);
+// Tensor cores (mma.sync m16n8k16, src/kernels/attention_decode_mma_cuda.cu): f16 / bf16 cache,
+// head_dim % 16 == 0, block_size % 16 == 0, at most 8 query heads per kv head. q and the
+// probabilities are rounded to the cache's dtype; scores and sums stay fp32.
+bool attention_decode_mma_supported(const AttentionArgs& a);
+void attention_decode_mma(const AttentionArgs& a, cudaStream_t s);
 // Tiles of queries per sequence and head, K/V tiles in shared memory, online softmax.
 void attention_prefill(const AttentionArgs& a, cudaStream_t s);
 // Split count and length for a per-sequence capacity of `max_ctx` positions.

@@ -77,11 +77,20 @@ void LlamaCudaModel::release() {
   logits_host_ = nullptr, meta_host_ = nullptr, stream_ = nullptr;
 }
 
-std::string LlamaCudaModel::name() const { return "cuda (" + device_name_ + ")"; }
+std::string LlamaCudaModel::name() const {
+  return "cuda (" + device_name_ + (kv_dtype_ == DType::F32 ? "" : ", kv " + std::string(dtype_name(kv_dtype_))) + ")";
+}
 
 void LlamaCudaModel::clear_graphs() {
   for (auto& [_, g] : graphs_) cudaGraphExecDestroy(g);
   graphs_.clear();
+}
+
+void LlamaCudaModel::set_kv_dtype(DType dtype) {
+  cuda::check_kv_dtype(dtype, "set_kv_dtype");
+  if (dtype == kv_dtype_) return;
+  kv_dtype_ = dtype;
+  kv_host_ = nullptr;  // the next forward reallocates the device cache
 }
 
 void LlamaCudaModel::ensure_kv(const KVCache& kv) {
@@ -96,7 +105,8 @@ void LlamaCudaModel::ensure_kv(const KVCache& kv) {
   kv_layout_.n_kv_heads = cfg_.n_kv_heads;
   kv_layout_.head_dim = cfg_.head_dim;
   kv_layout_.block_size = kv.block_size();
-  const size_t bytes = size_t(kv.n_blocks()) * size_t(kv_layout_.block_floats()) * sizeof(float);
+  kv_layout_.dtype = kv_dtype_;
+  const size_t bytes = size_t(kv.n_blocks()) * size_t(kv_layout_.block_elems()) * size_t(kv_layout_.elem_bytes());
   check(cudaMalloc(&kv_dev_, bytes ? bytes : 16), "cudaMalloc (KV cache)");
   check(cudaMemset(kv_dev_, 0, bytes), "cudaMemset (KV cache)");
   kv_layout_.base = kv_dev_;
@@ -362,8 +372,16 @@ std::vector<int32_t> LlamaCudaModel::argmax_last() {
 }
 
 std::vector<float> LlamaCudaModel::download_kv() const {
-  std::vector<float> v(size_t(kv_blocks_ * kv_layout_.block_floats()));
-  if (!v.empty()) check(cudaMemcpy(v.data(), kv_dev_, v.size() * 4, cudaMemcpyDeviceToHost), "download KV");
+  const size_t n = size_t(kv_blocks_ * kv_layout_.block_elems());
+  std::vector<float> v(n);
+  if (n == 0) return v;
+  if (kv_layout_.dtype == DType::F32) {
+    check(cudaMemcpy(v.data(), kv_dev_, n * 4, cudaMemcpyDeviceToHost), "download KV");
+    return v;
+  }
+  std::vector<uint16_t> h(n);
+  check(cudaMemcpy(h.data(), kv_dev_, n * 2, cudaMemcpyDeviceToHost), "download KV");
+  for (size_t i = 0; i < n; ++i) v[i] = kv_layout_.dtype == DType::F16 ? f16_to_f32(h[i]) : bf16_to_f32(h[i]);
   return v;
 }
 

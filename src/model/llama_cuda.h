@@ -8,7 +8,8 @@
 //
 // The host KVCache passed to forward() keeps the block bookkeeping (reserve / release /
 // block tables, prefix sharing); the key/value data lives in a device mirror of its
-// storage owned here, so a KVCache must be used with one backend only. Each forward
+// layout owned here (fp32, f16 or bf16: set_kv_dtype), so a KVCache must be used with one
+// backend only. Each forward
 // uploads a small metadata block (tokens, positions, slots, block tables), runs every
 // kernel on one stream and copies the wanted logits back: one synchronisation per call.
 // Decode calls (every entry one token, last logits only) are captured once per batch
@@ -48,8 +49,14 @@ class LlamaCudaModel final : public ModelBackend {
   // Graph replay for decode calls (default on; ANYBIT_CUDA_GRAPHS=0 turns it off).
   void set_graphs(bool on) { graphs_on_ = on; }
   int64_t graph_replays() const { return graph_replays_; }
-  // Copies the device KV storage back (tests compare it with the CPU model's cache).
+  // Copies the device KV storage back, widened to fp32 (tests compare it with the CPU
+  // model's cache).
   std::vector<float> download_kv() const;
+  // Element type of the device KV cache: F32 (default: exact agreement with the CPU
+  // model), F16 or BF16 (half the memory and attention traffic; decode attention then runs
+  // on the tensor cores). Takes effect at the next forward (the cache is reallocated).
+  void set_kv_dtype(DType dtype);
+  DType kv_dtype() const { return kv_dtype_; }
 
  private:
   // One part of a matrix: a dense or a QBITS weight producing output columns
@@ -115,7 +122,8 @@ class LlamaCudaModel final : public ModelBackend {
   // KV mirror
   const KVCache* kv_host_ = nullptr;
   int64_t kv_blocks_ = 0;
-  float* kv_dev_ = nullptr;
+  void* kv_dev_ = nullptr;
+  DType kv_dtype_ = DType::F32;
   cuda::KVLayout kv_layout_;
   int64_t max_blocks_ = 0, n_splits_ = 1, split_len_ = 0;
 

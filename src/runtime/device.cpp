@@ -62,12 +62,16 @@ std::string device_name(Device d) { return d == Device::Cuda ? "cuda" : "cpu"; }
 
 std::unique_ptr<ModelBackend> make_cpu_backend(LlamaModel& model) { return std::make_unique<CpuBackend>(model); }
 
-std::unique_ptr<ModelBackend> make_cuda_backend(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights) {
+std::unique_ptr<ModelBackend> make_cuda_backend(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
+                                                DType kv_dtype) {
 #ifdef ANYBIT_WITH_CUDA
-  return std::make_unique<LlamaCudaModel>(cfg, std::move(weights));
+  auto m = std::make_unique<LlamaCudaModel>(cfg, std::move(weights));
+  m->set_kv_dtype(kv_dtype);
+  return m;
 #else
   (void)cfg;
   (void)weights;
+  (void)kv_dtype;
   fail("--device cuda: this binary was built without CUDA");
 #endif
 }

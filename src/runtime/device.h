@@ -33,6 +33,8 @@ std::string device_name(Device d);
 // The CPU backend wraps a LlamaModel it does not own.
 std::unique_ptr<ModelBackend> make_cpu_backend(LlamaModel& model);
 // The GPU backend (model/llama_cuda.h); throws when built without CUDA.
-std::unique_ptr<ModelBackend> make_cuda_backend(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights);
+// kv_dtype: element type of the device KV cache (F32, F16 or BF16).
+std::unique_ptr<ModelBackend> make_cuda_backend(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
+                                                DType kv_dtype = DType::F32);
 
 }  // namespace anybit

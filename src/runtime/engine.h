@@ -15,6 +15,8 @@ struct EngineOptions {
   int64_t max_sequences = 1;  // KV is sized for this many full-length sequences
   int threads = 0;          // 0 = all cores
   std::string device = "auto";  // cpu | cuda | auto (cuda when a GPU is visible)
+  // Element type of the KV cache on the GPU (F32, F16, BF16); the CPU backend keeps fp32.
+  DType kv_dtype = DType::F32;
 };
 
 class Engine {
