@@ -1,11 +1,12 @@
 // CUDA RoPE + KV write and attention (decode and prefill) against the CPU references over a
-// paged cache with non-contiguous blocks, for fp32, f16 and bf16 caches and both decode
+// paged cache with non-contiguous blocks, for fp32, f16, bf16 and int8 caches and both decode
 // kernels (SIMT and tensor-core). Fresh random data each run (the seed is printed on
 // failure; ANYBIT_TEST_SEED=<seed> replays), outputs poisoned with NaN first.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -47,11 +48,66 @@ float round_to(DType dt, float v) {
   return v;
 }
 
-// The cache's values in dtype dt (2 bytes each for f16/bf16) ready to upload.
-std::vector<uint16_t> to_16bit(DType dt, const float* v, size_t n) {
-  std::vector<uint16_t> h(n);
-  for (size_t i = 0; i < n; ++i) h[i] = dt == DType::F16 ? f32_to_f16(v[i]) : f32_to_bf16(v[i]);
-  return h;
+// int8 row quantization as the device does it: scale max|x| / 127, codes rounded to nearest.
+float quantize_row_i8(const float* x, int64_t n, int8_t* codes) {
+  float mx = 0.0f;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, std::fabs(x[i]));
+  const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+  for (int64_t i = 0; i < n; ++i) codes[i] = int8_t(std::clamp(std::nearbyint(x[i] * inv), -127.0f, 127.0f));
+  return mx / 127.0f;
+}
+
+// The device image of host cache `kv` in dtype dt (layout lay), and the host cache rounded
+// in place to exactly the values the device stores, so the reference reads them too.
+std::vector<uint8_t> device_image(KVCache& kv, const cuda::KVLayout& lay) {
+  const int64_t hd = lay.head_dim, bs = lay.block_size;
+  std::vector<uint8_t> img(size_t(kv.n_blocks() * lay.block_bytes()));
+  std::vector<int8_t> codes(static_cast<size_t>(hd));
+  for (int32_t b = 0; b < int32_t(kv.n_blocks()); ++b)
+    for (int64_t l = 0; l < lay.n_layers; ++l)
+      for (int kvs = 0; kvs < 2; ++kvs)
+        for (int64_t h = 0; h < lay.n_kv_heads; ++h) {
+          float* rows = kvs == 0 ? kv.k(b, l, h) : kv.v(b, l, h);
+          uint8_t* dst = img.data() + lay.head_offset(b, l, kvs, h);
+          for (int64_t s = 0; s < bs; ++s) {
+            float* x = rows + s * hd;
+            if (lay.dtype == DType::I8) {
+              const float scale = quantize_row_i8(x, hd, codes.data());
+              std::memcpy(dst + s * hd, codes.data(), size_t(hd));
+              std::memcpy(dst + bs * hd + s * 4, &scale, 4);
+              for (int64_t i = 0; i < hd; ++i) x[i] = float(codes[size_t(i)]) * scale;
+            } else {
+              for (int64_t i = 0; i < hd; ++i) {
+                x[i] = round_to(lay.dtype, x[i]);
+                if (lay.dtype == DType::F32) std::memcpy(dst + (s * hd + i) * 4, &x[i], 4);
+                else {
+                  const uint16_t v = lay.dtype == DType::F16 ? f32_to_f16(x[i]) : f32_to_bf16(x[i]);
+                  std::memcpy(dst + (s * hd + i) * 2, &v, 2);
+                }
+              }
+            }
+          }
+        }
+  return img;
+}
+
+// Reads back what the device stored for slot `off` of `block` (widened / dequantized).
+float stored(const std::vector<uint8_t>& img, const cuda::KVLayout& lay, int64_t block, int64_t layer, int kv,
+             int64_t h, int64_t off, int64_t i) {
+  const uint8_t* p = img.data() + lay.head_offset(block, layer, kv, h);
+  if (lay.dtype == DType::I8) {
+    float scale;
+    std::memcpy(&scale, p + lay.block_size * lay.head_dim + off * 4, 4);
+    return float(int8_t(p[off * lay.head_dim + i])) * scale;
+  }
+  if (lay.dtype == DType::F32) {
+    float v;
+    std::memcpy(&v, p + (off * lay.head_dim + i) * 4, 4);
+    return v;
+  }
+  uint16_t v;
+  std::memcpy(&v, p + (off * lay.head_dim + i) * 2, 2);
+  return lay.dtype == DType::F16 ? f16_to_f32(v) : bf16_to_f32(v);
 }
 
 TEST(CudaAttention, RopeAndKVWriteMatchCpu) {
@@ -59,32 +115,26 @@ TEST(CudaAttention, RopeAndKVWriteMatchCpu) {
   const uint64_t seed = test::cuda_test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
-  for (DType dt : {DType::F32, DType::F16, DType::BF16})
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::I8})
     for (int64_t hd : {32, 48, 64, 128}) {
       SCOPED_TRACE(fmt::format("{} hd {}", dtype_name(dt), hd));
       const ModelConfig c = attn_config(hd, 4, 2);
       const int64_t bs = 16, n_blocks = 6, T = 7, qd = c.n_heads * hd, kvd = c.n_kv_heads * hd, ld = qd + 2 * kvd;
-      KVCache kv(c, n_blocks, bs);
       const auto qkv = randn(rng, size_t(T * ld));
       std::vector<int32_t> pos = {0, 1, 15, 16, 40, 95, 3000}, slot = {0, 1, 15, 16, 40, 95, 50};
       const auto inv = rope_inv_freq(c);
-      const size_t elems = kv.bytes() / 4, es = dt == DType::F32 ? 4 : 2;
+      cuda::KVLayout lay = layout_of(c, bs, nullptr, dt);
       DeviceArray<float> dqkv(qkv), dinv(inv);
-      DeviceArray<uint8_t> dkv(elems * es);
+      DeviceArray<uint8_t> dkv(size_t(n_blocks * lay.block_bytes()));
       DeviceArray<int32_t> dpos(pos), dslot(slot);
       dkv.poison();
+      lay.base = dkv.get();
       cuda::RopeKVArgs a;
       a.qkv = dqkv.get(), a.ld = ld, a.n_tok = T, a.n_heads = c.n_heads, a.pos = dpos.get(), a.slot = dslot.get();
-      a.inv_freq = dinv.get(), a.kv = layout_of(c, bs, dkv.get(), dt), a.layer = 1;
+      a.inv_freq = dinv.get(), a.kv = lay, a.layer = 1;
       cuda::rope_kv_write(a, nullptr);
       const auto got = dqkv.download();
-      const auto raw = dkv.download();
-      std::vector<float> cache(elems);
-      for (size_t i = 0; i < elems; ++i) {
-        uint16_t h;
-        if (es == 4) std::memcpy(&cache[i], &raw[4 * i], 4);
-        else std::memcpy(&h, &raw[2 * i], 2), cache[i] = dt == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
-      }
+      const auto img = dkv.download();
       std::vector<float> q(size_t(T * qd)), k(size_t(T * kvd));
       std::vector<int64_t> p64(pos.begin(), pos.end());
       for (int64_t t = 0; t < T; ++t) {
@@ -93,25 +143,36 @@ TEST(CudaAttention, RopeAndKVWriteMatchCpu) {
       }
       rope_apply(q.data(), T, p64.data(), c.n_heads, hd, inv);
       rope_apply(k.data(), T, p64.data(), c.n_kv_heads, hd, inv);
-      // The stored value is the fp32 result rounded once: within half an ulp of the dtype
-      // (plus the fp32 rotation's own error).
-      const double rel = dt == DType::F16 ? 1.0 / 2048 : dt == DType::BF16 ? 1.0 / 256 : 0.0;
-      const float* base0 = kv.k(0, 0, 0);
+      std::vector<int8_t> codes(static_cast<size_t>(hd));
       for (int64_t t = 0; t < T; ++t) {
         for (int64_t i = 0; i < qd; ++i) ASSERT_NEAR(got[size_t(t * ld + i)], q[size_t(t * qd + i)], 2e-6);
-        const int32_t blk = slot[size_t(t)] / int32_t(bs), off = slot[size_t(t)] % int32_t(bs);
-        for (int64_t h = 0; h < c.n_kv_heads; ++h)
+        const int64_t blk = slot[size_t(t)] / bs, off = slot[size_t(t)] % bs;
+        for (int64_t h = 0; h < c.n_kv_heads; ++h) {
+          const float* kr = &k[size_t(t * kvd + h * hd)];
+          const float* vr = &qkv[size_t(t * ld + qd + kvd + h * hd)];
+          // The stored value is the fp32 result rounded once: half an ulp of the dtype (f16,
+          // bf16), half a step of the row's scale (int8), plus the fp32 rotation's own error.
+          const float ks = dt == DType::I8 ? quantize_row_i8(kr, hd, codes.data()) : 0.0f;
+          const float vs = dt == DType::I8 ? quantize_row_i8(vr, hd, codes.data()) : 0.0f;
           for (int64_t i = 0; i < hd; ++i) {
-            const size_t ko = size_t(kv.k(blk, 1, h) - base0 + off * hd + i), vo = size_t(kv.v(blk, 1, h) - base0 + off * hd + i);
-            const float kr = k[size_t(t * kvd + h * hd + i)], vr = qkv[size_t(t * ld + qd + kvd + h * hd + i)];
-            ASSERT_NEAR(cache[ko], kr, 2e-6 + rel * std::fabs(kr));
-            ASSERT_EQ(cache[vo], round_to(dt, vr));
+            const double rel = dt == DType::F16 ? 1.0 / 2048 : dt == DType::BF16 ? 1.0 / 256 : 0.0;
+            ASSERT_NEAR(stored(img, lay, blk, 1, 0, h, off, i), kr[i], 2e-6 + rel * std::fabs(kr[i]) + 0.5001 * ks);
+            if (dt == DType::I8) ASSERT_NEAR(stored(img, lay, blk, 1, 1, h, off, i), vr[i], 0.5001 * vs);
+            else ASSERT_EQ(stored(img, lay, blk, 1, 1, h, off, i), round_to(dt, vr[i]));
           }
+        }
       }
-      // Nothing else in the cache was touched (0xFFFF is a NaN in f16 and bf16 too).
-      size_t written = 0;
-      for (float v : cache) written += std::isnan(v) ? 0 : 1;
-      EXPECT_EQ(written, size_t(T * 2 * kvd));
+      // Nothing else in the cache was touched: every other element is still all 0xFF bytes
+      // (a NaN in f32 / f16 / bf16; for int8 a code of -1 is 0xFF too, so only a bound).
+      const size_t es = size_t(lay.elem_bytes()), rows = size_t(T * 2 * c.n_kv_heads);
+      size_t untouched = 0;
+      for (size_t e = 0; e + es <= img.size(); e += es) {
+        bool ff = true;
+        for (size_t b = 0; b < es; ++b) ff = ff && img[e + b] == 0xFF;
+        untouched += ff ? 1 : 0;
+      }
+      if (dt == DType::I8) EXPECT_GE(untouched, img.size() - rows * size_t(lay.row_bytes() + 4));
+      else EXPECT_EQ(untouched, img.size() / es - rows * size_t(hd));
     }
 }
 
@@ -159,7 +220,7 @@ void check_attention(std::mt19937_64& rng, const AttnCase& k) {
   // the comparison measures the kernel and not that rounding (amplified by sharp scores).
   const bool mma = !k.prefill && k.path == Path::Mma;
   if (mma)
-    for (auto& x : q) x = round_to(k.dt, x);
+    for (auto& x : q) x = round_to(k.dt == DType::I8 ? DType::F16 : k.dt, x);
   std::vector<int32_t> tok_pos, tok_seq, qstart, seq_nq, btab;
   const int64_t MB = (std::max(k.len_a, k.len_b) + 15) / 16 + 2;
   for (size_t s = 0; s < 2; ++s) {
@@ -172,13 +233,10 @@ void check_attention(std::mt19937_64& rng, const AttnCase& k) {
     for (int64_t bi = 0; bi < MB; ++bi)
       btab.push_back(bi < int64_t(seqs[s]->blocks.size()) ? seqs[s]->blocks[size_t(bi)] : 0);
   }
-  // The reference reads the values the device stores: round the host cache to the dtype.
-  const size_t elems = f.kv.bytes() / 4;
-  float* host = f.kv.k(0, 0, 0);
-  for (size_t i = 0; i < elems; ++i) host[i] = round_to(k.dt, host[i]);
-  DeviceArray<uint8_t> dkv(k.dt == DType::F32 ? elems * 4 : elems * 2);
-  if (k.dt == DType::F32) dkv.upload_bytes(host, elems * 4);
-  else dkv.upload_bytes(to_16bit(k.dt, host, elems).data(), elems * 2);
+  // The reference reads the values the device stores: the host cache rounded to the dtype.
+  cuda::KVLayout lay = layout_of(c, 16, nullptr, k.dt);
+  const auto img = device_image(f.kv, lay);
+  DeviceArray<uint8_t> dkv(img);
   DeviceArray<float> dq(q), dout(size_t(T * qd));
   DeviceArray<int32_t> dpos(tok_pos), dseq(tok_seq), dqs(qstart), dnq(seq_nq), dbt(btab);
   const int64_t longest = std::max(k.len_a, k.len_b);
@@ -187,7 +245,8 @@ void check_attention(std::mt19937_64& rng, const AttnCase& k) {
   dout.poison();
   dpart.poison();
   cuda::AttentionArgs a;
-  a.q = dq.get(), a.ldq = qd, a.out = dout.get(), a.ldo = qd, a.kv = layout_of(c, 16, dkv.get(), k.dt);
+  a.q = dq.get(), a.ldq = qd, a.out = dout.get(), a.ldo = qd, a.kv = lay;
+  a.kv.base = dkv.get();
   a.layer = 1, a.n_heads = k.heads, a.scale = 1.0f / std::sqrt(float(k.hd)), a.window = k.window;
   a.n_tok = T, a.n_seq = 2, a.tok_pos = dpos.get(), a.tok_seq = dseq.get(), a.block_tables = dbt.get();
   a.max_blocks = MB, a.seq_qstart = dqs.get(), a.seq_nq = dnq.get(), a.max_nq = std::max(nq[0], nq[1]);
@@ -205,9 +264,9 @@ void check_attention(std::mt19937_64& rng, const AttnCase& k) {
     attention_paged_reference(r, f.kv, *seqs[s]);
   }
   // SIMT kernels multiply the stored values in fp32: fp32 tolerance. The tensor-core kernel
-  // also rounds the probabilities to the cache dtype (relative 2^-11 for f16, 2^-8 for bf16)
-  // before the weighted sum of V rows (|V| ~ N(0,1)).
-  const double tol = !mma ? 2e-5 : k.dt == DType::F16 ? 4e-3 : 3e-2;
+  // also rounds the probabilities to the cache dtype (relative 2^-11 for f16 and int8 caches,
+  // 2^-8 for bf16) before the weighted sum of V rows (|V| ~ N(0,1)).
+  const double tol = !mma ? 2e-5 : k.dt == DType::BF16 ? 3e-2 : 4e-3;
   for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(got[i], ref[i], tol * (1 + std::fabs(ref[i]))) << "element " << i;
 }
 
@@ -216,7 +275,7 @@ TEST(CudaAttention, DecodeSplitKvMatchesReference) {
   const uint64_t seed = test::cuda_test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
-  for (DType dt : {DType::F32, DType::F16, DType::BF16})
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::I8})
     for (int64_t hd : {32, 48, 64, 128})
       for (int64_t split : {0, 16, 32})
         for (int64_t window : {0, 20}) {
@@ -238,14 +297,16 @@ TEST(CudaAttention, TensorCoreDecodeMatchesReference) {
   const uint64_t seed = test::cuda_test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
-  for (DType dt : {DType::F16, DType::BF16}) {
-    for (int64_t hd : {32, 64, 96, 128})
+  for (DType dt : {DType::F16, DType::BF16, DType::I8}) {
+    for (int64_t hd : {32, 64, 96, 128}) {
+      if (dt == DType::I8 && (hd == 32 || hd == 96)) continue;  // int8 tiles: head_dim 64 or 128
       for (int64_t split : {0, 16, 48})
         for (int64_t window : {0, 21}) {
           AttnCase k;
           k.hd = hd, k.split_len = split, k.window = window, k.dt = dt, k.path = Path::Mma;
           check_attention(rng, k);
         }
+    }
     for (int64_t kv_heads : {8, 1, 4}) {  // groups of 1, 8 and 2
       AttnCase k;
       k.dt = dt, k.kv_heads = kv_heads, k.split_len = 32, k.path = Path::Mma;
@@ -274,6 +335,10 @@ TEST(CudaAttention, TensorCoreDecodeMatchesReference) {
   EXPECT_FALSE(cuda::attention_decode_mma_supported(a));
   a.kv.block_size = 16, a.n_heads = 32, a.kv.n_kv_heads = 2;  // 16 heads per kv head
   EXPECT_FALSE(cuda::attention_decode_mma_supported(a));
+  a.n_heads = 8, a.kv.dtype = DType::I8;
+  EXPECT_TRUE(cuda::attention_decode_mma_supported(a));
+  a.kv.head_dim = 96;
+  EXPECT_FALSE(cuda::attention_decode_mma_supported(a));
   // Forcing it where it does not apply is a clear error, not a wrong result.
   a.n_tok = 1, a.n_heads = 8, a.kv.head_dim = 48;
   EXPECT_THROW(cuda::attention_decode_mma(a, nullptr), Error);
@@ -284,7 +349,7 @@ TEST(CudaAttention, PrefillMatchesReference) {
   const uint64_t seed = test::cuda_test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
-  for (DType dt : {DType::F32, DType::BF16})
+  for (DType dt : {DType::F32, DType::BF16, DType::I8})
     for (int64_t hd : {32, 48, 64, 128})
       for (int64_t window : {0, 20}) {
         AttnCase k;

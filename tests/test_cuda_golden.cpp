@@ -98,14 +98,14 @@ TEST(CudaGolden, LogitsAndGreedyMatchTransformers) {
   }
 }
 
-// f16 / bf16 KV caches (decode on the tensor cores) against the same references: the
+// f16 / bf16 / int8 KV caches (decode on the tensor cores) against the same references: the
 // cache's rounding moves the logits a little, so the bound is looser than for fp32, and the
 // greedy check is teacher-forced (each step is fed the reference token, so one near-tie
 // cannot derail the rest) and must agree on nearly every step.
 TEST(CudaGolden, HalfPrecisionKvCacheTracksTransformers) {
   ANYBIT_REQUIRE_CUDA();
   for (const auto& dir : golden_model_dirs())
-    for (DType dt : {DType::F16, DType::BF16}) {
+    for (DType dt : {DType::F16, DType::BF16, DType::I8}) {
       SCOPED_TRACE(dir + " kv " + std::string(dtype_name(dt)));
       Loaded l = load_dir(dir);
       LlamaCudaModel model(l.cfg, l.store);
@@ -131,7 +131,9 @@ TEST(CudaGolden, HalfPrecisionKvCacheTracksTransformers) {
       }
       std::printf("kv %s: top-20 logits max error %.2e, teacher-forced greedy %zu/%zu\n",
                   std::string(dtype_name(dt)).c_str(), worst, agree, steps);
-      EXPECT_LT(worst, dt == DType::F16 ? 1e-2 : 5e-2) << "last-position logits differ from the reference top-20";
+      // Measured on the H100 (2026-11-22): f16 <= 3.9e-3, bf16 <= 3.1e-2, i8 <= 0.10.
+      const double bound = dt == DType::F16 ? 1e-2 : dt == DType::BF16 ? 6e-2 : 0.2;
+      EXPECT_LT(worst, bound) << "last-position logits differ from the reference top-20";
       EXPECT_GE(double(agree), 0.97 * double(steps)) << "greedy steps disagree with the reference";
       EXPECT_GT(model.graph_replays(), 0);
     }

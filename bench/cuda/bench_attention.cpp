@@ -2,7 +2,7 @@
 // head shape (32 query / 8 kv heads, head_dim 128), one layer of a paged cache with scattered
 // blocks, batch 1 and 16, contexts 4k / 32k / 128k, for each cache dtype and kernel. Times
 // are medians of CUDA-graph replays of 20 launches (as the model's decode step runs them);
-// GB/s counts the K and V bytes of the context. bench/cuda/sdpa_decode.py measures PyTorch's
+// GB/s counts the K and V bytes of the context (int8: codes and scales). bench/cuda/sdpa_decode.py measures PyTorch's
 // SDPA on the same shapes for the comparison in docs/PERFORMANCE.md.
 #include <cstdio>
 #include <vector>
@@ -35,12 +35,13 @@ void bench_attention(double copy_gbs, std::mt19937_64& rng) {
   const int64_t heads = 32, kvh = 8, hd = 128, bs = 16;
   for (int64_t ctx : {4096, 32768, 131072})
     for (int64_t batch : {1, 16})
-      for (DType dt : {DType::F16, DType::BF16, DType::F32}) {
+      for (DType dt : {DType::F16, DType::I8, DType::F32}) {
         const int64_t per_seq = ctx / bs, blocks = per_seq * batch;
         KVLayout kv;
         kv.dtype = dt, kv.n_layers = 1, kv.n_kv_heads = kvh, kv.head_dim = hd, kv.block_size = bs;
-        const size_t kv_bytes = size_t(blocks * kv.block_elems() * kv.elem_bytes());
-        kv.base = fill_device(kv_bytes, dt, rng);
+        const size_t kv_bytes = size_t(blocks * kv.block_bytes());
+        // int8 caches: random codes and scales; the values do not change the work.
+        kv.base = fill_device(kv_bytes, dt == DType::I8 ? DType::F16 : dt, rng);
         // Scattered blocks: sequence b's i-th block is a stride-7 walk over the pool.
         std::vector<int32_t> bt(static_cast<size_t>(blocks)), meta;
         for (int64_t i = 0; i < blocks; ++i) bt[size_t(i)] = int32_t((i * 7) % blocks);
@@ -72,7 +73,7 @@ void bench_attention(double copy_gbs, std::mt19937_64& rng) {
         };
         std::vector<Path> paths;
         if (attention_decode_mma_supported(a)) paths.push_back({"mma", attention_decode_mma});
-        if (dt != DType::BF16) paths.push_back({"simt", attention_decode_simt});
+        if (dt == DType::F32) paths.push_back({"simt", attention_decode_simt});
         for (const Path& p : paths) {
           const double us = median_graph_us([&](int, cudaStream_t st) { p.run(a, st); }, 7);
           const double gbs = double(kv_bytes) / us / 1e3;

@@ -37,7 +37,7 @@ int run_bench(const BenchArgs& a) {
   EngineOptions o;
   o.threads = a.model.threads;
   o.device = a.model.device;
-  o.kv_dtype = parse_float_dtype(a.model.kv_dtype);
+  o.kv_dtype = parse_kv_dtype(a.model.kv_dtype);
   o.max_context = std::max<int64_t>(a.p, a.n + 1) + 16;
   std::string name;
   if (!a.shape.empty() && a.bits > 0) {

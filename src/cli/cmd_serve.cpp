@@ -113,7 +113,7 @@ int serve(const ServeArgs& a) {
   eo.max_context = ctx;
   eo.max_sequences = std::max<int64_t>(1, int64_t(budget / per_ctx));
   eo.device = a.model.device;
-  eo.kv_dtype = parse_float_dtype(a.model.kv_dtype);
+  eo.kv_dtype = parse_kv_dtype(a.model.kv_dtype);
   auto engine = std::make_unique<Engine>(std::move(files), eo);
   spdlog::info("loaded {} ({}, {} layers, {:.1f} MiB) in {:.2f}s, backend: {}", path, engine->files().format,
                engine->config().n_layers, double(engine->model().weight_bytes()) / 1048576.0,

@@ -17,8 +17,9 @@ void ModelArgs::add(CLI::App* sub) {
   sub->add_option("-c,--ctx-size", ctx, "Context length (default: the model's)")->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   sub->add_option("--device", device, "cpu, cuda or auto (default: cuda when a GPU is visible)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  sub->add_option("--kv-dtype", kv_dtype, "KV cache element type on the GPU: f32, f16 or bf16 (default f32)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  sub->add_option("--kv-dtype", kv_dtype,
+                  "KV cache element type on the GPU: f32, f16, bf16 or i8 (int8 rows with a scale each; default f32)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "i8"}));
 }
 
 void SamplingArgs::add(CLI::App* sub) {
@@ -35,6 +36,12 @@ DType parse_float_dtype(const std::string& s) {
   if (s == "f16") return DType::F16;
   if (s == "bf16") return DType::BF16;
   fail("--dtype must be f32, f16 or bf16 (got '{}')", s);
+}
+
+DType parse_kv_dtype(const std::string& s) {
+  if (s == "i8") return DType::I8;
+  if (s == "f32" || s == "f16" || s == "bf16") return parse_float_dtype(s);
+  fail("--kv-dtype must be f32, f16, bf16 or i8 (got '{}')", s);
 }
 
 SamplingParams SamplingArgs::params() const {
@@ -62,7 +69,7 @@ std::unique_ptr<Engine> load_engine(const ModelArgs& a, int64_t max_sequences) {
   o.max_context = a.ctx;
   o.max_sequences = max_sequences;
   o.device = a.device;
-  o.kv_dtype = parse_float_dtype(a.kv_dtype);
+  o.kv_dtype = parse_kv_dtype(a.kv_dtype);
   auto e = std::make_unique<Engine>(std::move(files), o);
   spdlog::info("loaded {} ({}, {} layers, {:.1f} MiB) in {:.2f}s, backend: {}", path, e->files().format,
                e->config().n_layers, double(e->model().weight_bytes()) / 1048576.0,

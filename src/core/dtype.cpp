@@ -20,6 +20,7 @@ std::string_view dtype_name(DType t) {
     case DType::Q6_K: return "q6_k";
     case DType::Q2_K: return "q2_k";
     case DType::Q3_K: return "q3_k";
+    case DType::I8: return "i8";
   }
   return "?";
 }
@@ -35,6 +36,7 @@ size_t dtype_row_bytes(DType t, int64_t n) {
     case DType::F32: case DType::I32: return size_t(n) * 4;
     case DType::I64: return size_t(n) * 8;
     case DType::F16: case DType::BF16: return size_t(n) * 2;
+    case DType::I8: return size_t(n);
     case DType::Q8_0: return size_t(n / 32) * 34;
     case DType::Q4_0: return size_t(n / 32) * 18;
     case DType::QBITS: return 0;  // not a plain row format: see quant/quantized_weight.h

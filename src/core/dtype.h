@@ -23,9 +23,10 @@ enum class DType : uint8_t {
   Q6_K,  // 210 bytes: 128 bytes low nibbles, 64 bytes high 2 bits, 16 int8 scales, f16 d
   Q2_K,  // 84 bytes: 16 bytes of 4-bit scales/mins, 64 bytes of 2-bit codes, f16 d, f16 dmin
   Q3_K,  // 110 bytes: 32 bytes high-bit mask, 64 bytes of 2-bit codes, 12 bytes of 6-bit scales, f16 d
+  I8,    // plain int8 (the GPU KV cache's 8-bit rows, each with its own fp32 scale)
 };
 // Number of DType values (sizes per-dtype tables such as KernelTable::matmul).
-inline constexpr int kNumDTypes = int(DType::Q3_K) + 1;
+inline constexpr int kNumDTypes = int(DType::I8) + 1;
 
 std::string_view dtype_name(DType t);
 

@@ -24,15 +24,16 @@ using namespace detail;
 constexpr int kGMax = kAttnMaxGroup;
 constexpr int kDecodeWarps = 4;
 
-// Element offset of position p's K row of kv head kvh (its V row is v_off further).
-__device__ __forceinline__ int64_t k_row(const AttentionArgs& a, const int32_t* btab, int64_t p, int64_t kvh) {
+// Position p's K (kv = 0) or V (kv = 1) row of kv head kvh.
+template <DType D>
+__device__ __forceinline__ KvRow<D> kv_at(const AttentionArgs& a, const int32_t* btab, int64_t p, int kv,
+                                          int64_t kvh) {
   const int64_t bs = a.kv.block_size;
-  return kv_row(a.kv, btab[p / bs], a.layer, 0, kvh, p % bs);
+  return KvRow<D>(a.kv, a.kv.head_offset(btab[p / bs], a.layer, kv, kvh), p % bs);
 }
 
 template <DType D, int HDI>
 __global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const AttentionArgs a) {
-  using E = Elt<D>;
   pdl_wait();
   pdl_trigger();
   const int sp = blockIdx.x;
@@ -47,7 +48,6 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const At
   const int64_t chunk = max(int64_t(16), ((n_ctx - start + a.n_splits - 1) / a.n_splits + 15) / 16 * 16);
   const int64_t lo = min(n_ctx, start + int64_t(sp) * chunk), hi = min(n_ctx, lo + chunk);
   const int32_t* btab = a.block_tables + int64_t(a.tok_seq[t]) * a.max_blocks;
-  const int64_t v_off = nkv * a.kv.block_size * hd;
 
   float q[kGMax][HDI], acc[kGMax][HDI], m[kGMax], l[kGMax];
 #pragma unroll
@@ -68,12 +68,13 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const At
 #pragma unroll
     for (int u = 0; u < KU; ++u) {
       const int64_t j = j0 + int64_t(u) * kDecodeWarps;
-      const int64_t kr = j < hi ? k_row(a, btab, j, kvh) : -1;
+      const bool live = j < hi;
+      const KvRow<D> kr = kv_at<D>(a, btab, live ? j : lo, 0, kvh), vr = kv_at<D>(a, btab, live ? j : lo, 1, kvh);
 #pragma unroll
       for (int i = 0; i < HDI; ++i) {
         const int64_t d = lane + 32 * i;
-        kk[u][i] = (kr >= 0 && d < hd) ? E::at(a.kv.base, kr + d) : 0.0f;
-        vv[u][i] = (kr >= 0 && d < hd) ? E::at(a.kv.base, kr + v_off + d) : 0.0f;
+        kk[u][i] = (live && d < hd) ? kr[d] : 0.0f;
+        vv[u][i] = (live && d < hd) ? vr[d] : 0.0f;
       }
     }
 #pragma unroll
@@ -133,21 +134,44 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const At
   }
 }
 
-__global__ void attn_combine_kernel(const AttentionArgs a) {
+// One block per (row, head): the split weights exp(M_s - M) are computed once into shared
+// memory (n_splits + 4 floats of dynamic shared memory), then thread d sums its column over the
+// splits with independent loads: no serial chain of global loads per thread.
+__global__ void __launch_bounds__(128) attn_combine_kernel(const AttentionArgs a) {
+  extern __shared__ float s_w[];
+  __shared__ float s_red[4];
   pdl_wait();
   pdl_trigger();
-  const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, hd = a.kv.head_dim;
-  const float* P = a.partial + int64_t(blockIdx.x) * a.n_splits * (hd + 2);
-  float M = -INFINITY;
-  for (int64_t s = 0; s < a.n_splits; ++s) M = fmaxf(M, P[s * (hd + 2)]);
-  float L = 0.0f;
-  for (int64_t s = 0; s < a.n_splits; ++s)
-    if (P[s * (hd + 2)] != -INFINITY) L += P[s * (hd + 2) + 1] * expf(P[s * (hd + 2)] - M);
+  const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, hd = a.kv.head_dim, stride = hd + 2;
+  const int64_t n = a.n_splits;
+  const float* P = a.partial + int64_t(blockIdx.x) * n * stride;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float mx = -INFINITY;
+  for (int64_t sp = threadIdx.x; sp < n; sp += blockDim.x) mx = fmaxf(mx, P[sp * stride]);
+  mx = warp_max(mx);
+  if (lane == 0) s_red[warp] = mx;
+  __syncthreads();
+  const float M = fmaxf(fmaxf(s_red[0], s_red[1]), fmaxf(s_red[2], s_red[3]));
+  __syncthreads();  // s_red is reused for the sum
+  float lsum = 0.0f;
+  for (int64_t sp = threadIdx.x; sp < n; sp += blockDim.x) {
+    const float m = P[sp * stride];
+    const float w = m == -INFINITY ? 0.0f : expf(m - M);
+    s_w[sp] = w;
+    lsum += w * P[sp * stride + 1];
+  }
+  lsum = warp_sum(lsum);
+  if (lane == 0) s_red[warp] = lsum;
+  __syncthreads();
+  const float L = s_red[0] + s_red[1] + s_red[2] + s_red[3];
   for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
-    float A = 0.0f;
-    for (int64_t s = 0; s < a.n_splits; ++s)
-      if (P[s * (hd + 2)] != -INFINITY) A += P[s * (hd + 2) + 2 + d] * expf(P[s * (hd + 2)] - M);
-    a.out[t * a.ldo + h * hd + d] = A / L;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int64_t sp = 0;
+    for (; sp + 4 <= n; sp += 4)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) acc[u] += s_w[sp + u] * P[(sp + u) * stride + 2 + d];
+    for (; sp < n; ++sp) acc[0] += s_w[sp] * P[sp * stride + 2 + d];
+    a.out[t * a.ldo + h * hd + d] = (acc[0] + acc[1] + acc[2] + acc[3]) / L;
   }
 }
 
@@ -155,7 +179,6 @@ constexpr int BQ = 16, BKV = 32, kPrefillThreads = 128;
 
 template <DType D, int HDP>
 __global__ void __launch_bounds__(kPrefillThreads) attn_prefill_kernel(const AttentionArgs a) {
-  using E = Elt<D>;
   __shared__ float Qs[BQ][HDP + 1], Ks[BKV][HDP + 1], Vs[BKV][HDP], Ps[BQ][BKV + 1];
   pdl_wait();
   pdl_trigger();
@@ -166,7 +189,6 @@ __global__ void __launch_bounds__(kPrefillThreads) attn_prefill_kernel(const Att
   const int nrows = int(min(int64_t(BQ), nq - int64_t(blockIdx.x) * BQ));
   const int64_t hd = a.kv.head_dim, nkv = a.kv.n_kv_heads, kvh = h / (a.n_heads / nkv);
   const int32_t* btab = a.block_tables + seq * a.max_blocks;
-  const int64_t v_off = nkv * a.kv.block_size * hd;
   const int tid = threadIdx.x, r = tid / 8, sub = tid % 8;
 
   const int64_t first = a.tok_pos[q0], last = a.tok_pos[q0 + nrows - 1];
@@ -191,9 +213,8 @@ __global__ void __launch_bounds__(kPrefillThreads) attn_prefill_kernel(const Att
       const int64_t p = kt0 + j;
       float kv = 0.0f, vv = 0.0f;
       if (p < kend && d < hd) {
-        const int64_t kr = k_row(a, btab, p, kvh);
-        kv = E::at(a.kv.base, kr + d);
-        vv = E::at(a.kv.base, kr + v_off + d);
+        kv = kv_at<D>(a, btab, p, 0, kvh)[d];
+        vv = kv_at<D>(a, btab, p, 1, kvh)[d];
       }
       Ks[j][d] = kv;
       Vs[j][d] = vv;
@@ -259,12 +280,13 @@ void decode_splits(int64_t max_ctx, int64_t& n_splits, int64_t& split_len) {
 }
 
 void check_kv_dtype(DType dtype, const char* what) {
-  if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16)
-    fail("CUDA {}: a KV cache of {} is not supported (f32, f16 or bf16)", what, dtype_name(dtype));
+  if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16 && dtype != DType::I8)
+    fail("CUDA {}: a KV cache of {} is not supported (f32, f16, bf16 or i8)", what, dtype_name(dtype));
 }
 
 void attention_combine(const AttentionArgs& a, cudaStream_t s) {
-  launch_pdl(attn_combine_kernel, dim3(unsigned(a.n_tok * a.n_heads)), dim3(128), 0, s, a);
+  // 4 floats of slack: the compiler may read the weights of the last splits as one vector.
+  launch_pdl(attn_combine_kernel, dim3(unsigned(a.n_tok * a.n_heads)), dim3(128), size_t(a.n_splits + 4) * 4, s, a);
   check_launch("attention_combine");
 }
 
@@ -309,6 +331,7 @@ void attention_decode_simt(const AttentionArgs& a, cudaStream_t s) {
   switch (a.kv.dtype) {
     case DType::F16: launch_decode_simt<DType::F16>(a, s); break;
     case DType::BF16: launch_decode_simt<DType::BF16>(a, s); break;
+    case DType::I8: launch_decode_simt<DType::I8>(a, s); break;
     default: launch_decode_simt<DType::F32>(a, s); break;
   }
   check_launch("attention_decode");
@@ -327,6 +350,7 @@ void attention_prefill(const AttentionArgs& a, cudaStream_t s) {
   switch (a.kv.dtype) {
     case DType::F16: launch_prefill<DType::F16>(a, s); break;
     case DType::BF16: launch_prefill<DType::BF16>(a, s); break;
+    case DType::I8: launch_prefill<DType::I8>(a, s); break;
     default: launch_prefill<DType::F32>(a, s); break;
   }
   check_launch("attention_prefill");

@@ -1,14 +1,16 @@
-// Decode attention on the tensor cores for f16 / bf16 KV caches (FlashDecoding with
-// mma.sync.m16n8k16, fp32 accumulation).
+// Decode attention on the tensor cores for f16 / bf16 / int8 KV caches (FlashDecoding with
+// mma.sync.m16n8k16, f16 or bf16 inputs, fp32 accumulation).
 //
 // Blocks are (split, kv head, row) as in the SIMT kernel, with the split count cut to what
 // fills the GPU once; each of the 4 warps streams 16-key tiles of its kv head through its
 // own cp.async ring in shared memory (a tile of 16 positions is 16 contiguous K rows and 16
 // contiguous V rows in a cache block). The group's G <= 8 query heads are the n = 8 side of
 // both products, so the 16-row side carries keys or head dimensions and nothing is padding:
-//   scores  S^T[16 keys x 8 heads] = K[16 x hd] . Q^T   (K through ldmatrix)
-//   output  O^T[hd x 8 heads]     += V^T[hd x 16] . P^T (V through ldmatrix.trans; P^T is
-//           the score accumulators transposed in registers by movmatrix).
+//   scores  S^T[16 keys x 8 heads] = K[16 x hd] . Q^T
+//   output  O^T[hd x 8 heads]     += V^T[hd x 16] . P^T (P^T is the score accumulators
+//           transposed in registers by movmatrix).
+// How a tile is staged and turned into fragments depends on the cache dtype: the tile
+// policies of attention_mma_tiles.cuh.
 // Softmax runs in base 2 with a lazily moved maximum (FlashDecoding++'s unified-max idea):
 // a row's reference maximum only moves, rescaling O and the sum, when a tile's maximum
 // exceeds it by more than 2^8; otherwise the probabilities are exp2(s - m) <= 2^8, which
@@ -19,6 +21,7 @@
 
 #include "core/error.h"
 #include "kernels/attention_cuda.cuh"
+#include "kernels/attention_mma_tiles.cuh"
 #include "kernels/cuda_common.cuh"
 
 namespace anybit::cuda {
@@ -27,98 +30,25 @@ namespace {
 using namespace detail;
 
 constexpr int kWarps = 4;
-constexpr int kTile = 16;    // keys per warp step
-constexpr int kStages = 2;   // cp.async ring depth per warp: one tile loads while one is used
 constexpr float kLazyMax = 8.0f;  // log2 of the largest probability before the maximum moves
 
-template <DType D>
-struct MmaOps;
-template <>
-struct MmaOps<DType::F16> {
-  __device__ static uint32_t pack(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-  __device__ static void mma(float (&c)[4], const uint32_t (&x)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(x[0]), "r"(x[1]), "r"(x[2]), "r"(x[3]), "r"(b0), "r"(b1));
-  }
-};
-template <>
-struct MmaOps<DType::BF16> {
-  __device__ static uint32_t pack(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-  __device__ static void mma(float (&c)[4], const uint32_t (&x)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(x[0]), "r"(x[1]), "r"(x[2]), "r"(x[3]), "r"(b0), "r"(b1));
-  }
-};
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16 bytes global -> shared; src_bytes 0 fills zeros (keys past the context).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, uint32_t src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
+template <class Tiles, int HD>
+constexpr size_t smem_bytes() {
+  const size_t stages = size_t(kWarps) * Tiles::kStages * Tiles::kStageBytes;
+  const size_t merge = size_t(kWarps) * kAttnMaxGroup * (HD + 2) * 4;
+  return stages > merge ? stages : merge;
 }
 
-// Transposes the 8x8 16-bit matrix whose row (lane / 4) columns 2 (lane % 4) + {0, 1} this
-// lane holds, so that it then holds column (lane / 4), rows 2 (lane % 4) + {0, 1}.
-__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
-  uint32_t r;
-  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
-  return r;
-}
-
-// Shared-memory row stride of a staged tile in 16-bit elements: 16 bytes of padding put
-// the 8 rows one ldmatrix reads in 8 different bank quads.
-template <int HD>
-constexpr int kRowElems = HD + 8;
-template <int HD>
-constexpr int kStageElems = 2 * kTile * kRowElems<HD>;  // K then V
-template <int HD>
-constexpr size_t kStageBytes = size_t(kWarps) * kStages * kStageElems<HD> * 2;
-template <int HD>
-constexpr size_t kMergeBytes = size_t(kWarps) * kAttnMaxGroup * (HD + 2) * 4;
-template <int HD>
-constexpr size_t kSmemBytes = kStageBytes<HD> > kMergeBytes<HD> ? kStageBytes<HD> : kMergeBytes<HD>;
-
-template <DType D, int HD>
+template <class Tiles, int HD>
 __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const AttentionArgs a) {
-  using Ops = MmaOps<D>;
-  constexpr int KS = HD / 16;              // 16-column steps over head_dim
-  constexpr int CH = kTile * HD / 8 / 32;  // 16-byte chunks per lane per tile, K and V each
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  uint16_t* const smem = reinterpret_cast<uint16_t*>(smem_raw);
-
+  extern __shared__ __align__(16) unsigned char smem[];
   pdl_wait();
   pdl_trigger();
   const int sp = blockIdx.x;
   const int64_t kvh = blockIdx.y, t = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-  const int64_t nkv = a.kv.n_kv_heads, bs = a.kv.block_size;
-  const int G = int(a.n_heads / nkv);
+  const int64_t bs = a.kv.block_size;
+  const int G = int(a.n_heads / a.kv.n_kv_heads);
   const int64_t n_ctx = int64_t(a.tok_pos[t]) + 1;
   const int64_t start = a.window > 0 ? max(int64_t(0), n_ctx - a.window) : 0;
   const int64_t chunk = max(int64_t(16), ((n_ctx - start + a.n_splits - 1) / a.n_splits + 15) / 16 * 16);
@@ -127,79 +57,46 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const Atte
   const int64_t first = lo & ~int64_t(kTile - 1);
   const int64_t n_tiles = lo < hi ? (hi - first + kTile - 1) / kTile : 0;
   const int64_t my_tiles = n_tiles > warp ? (n_tiles - warp + kWarps - 1) / kWarps : 0;
-  const uint16_t* kv = static_cast<const uint16_t*>(a.kv.base);
+  const unsigned char* kv = static_cast<const unsigned char*>(a.kv.base);
+  const int64_t row_bytes = a.kv.row_bytes();
 
-  // The group's query heads are the 8 columns (n) of both products, so no tensor-core row
-  // is wasted on padding: S^T = K . Q^T and O^T = V^T . P^T. Q^T is the B fragment:
-  // lane (g, tq) holds head g's columns 2tq, 2tq+1 (+8) of each 16-column step.
-  uint32_t qb[KS][2];
-  {
-    const bool live = g < G;
-    const float* qrow = a.q + t * a.ldq + (kvh * G + (live ? g : 0)) * HD;
-#pragma unroll
-    for (int s = 0; s < KS; ++s) {
-      const int d = 16 * s + 2 * tq;
-      qb[s][0] = Ops::pack(live ? qrow[d] : 0.0f, live ? qrow[d + 1] : 0.0f);
-      qb[s][1] = Ops::pack(live ? qrow[d + 8] : 0.0f, live ? qrow[d + 9] : 0.0f);
-    }
-  }
+  Tiles tiles;
+  tiles.init(a.q + t * a.ldq + (kvh * G + (g < G ? g : 0)) * HD, g < G, tq);
 
-  uint16_t* const ring = smem + size_t(warp) * kStages * kStageElems<HD>;
+  unsigned char* const ring = smem + size_t(warp) * Tiles::kStages * Tiles::kStageBytes;
   auto issue = [&](int64_t li, int stage) {
-    const int64_t kt = first + (warp + li * kWarps) * kTile;
-    const int64_t base = kv_row(a.kv, btab[kt / bs], a.layer, 0, kvh, kt % bs);
-    const int64_t v_off = nkv * bs * HD;
-    uint16_t* dst = ring + stage * kStageElems<HD>;
-#pragma unroll
-    for (int c = 0; c < CH; ++c) {
-      const int e = lane + 32 * c, row = e / (HD / 8), col = (e % (HD / 8)) * 8;
-      const uint32_t n = kt + row < hi ? 16u : 0u;
-      const int64_t src = n ? base + int64_t(row) * HD + col : base;
-      cp_async16(smem_addr(dst + row * kRowElems<HD> + col), kv + src, n);
-      cp_async16(smem_addr(dst + (kTile + row) * kRowElems<HD> + col), kv + src + v_off, n);
-    }
+    const int64_t kt = first + (warp + li * kWarps) * kTile, blk = btab[kt / bs], slot = kt % bs;
+    const unsigned char* kh = kv + a.kv.head_offset(blk, a.layer, 0, kvh);
+    const unsigned char* vh = kv + a.kv.head_offset(blk, a.layer, 1, kvh);
+    const int64_t scales = bs * row_bytes + slot * 4;  // int8 caches only
+    Tiles::issue(ring + stage * Tiles::kStageBytes, kh + slot * row_bytes, vh + slot * row_bytes, kh + scales,
+                 vh + scales, int(min(int64_t(kTile), hi - kt)), lane);
   };
 
-  // O^T accumulators: o[j] holds dims 16j + g (regs 0, 1) and 16j + g + 8 (regs 2, 3) of
-  // heads 2tq (regs 0, 2) and 2tq + 1 (regs 1, 3).
-  float o[KS][4];
-#pragma unroll
-  for (int j = 0; j < KS; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // heads 2tq, 2tq + 1
   const float scale2 = a.scale * 1.4426950408889634f;
-  const int mi = lane >> 3, mr = lane & 7;  // which 8x8 matrix this lane addresses, and its row
-
 #pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
+  for (int st = 0; st < Tiles::kStages - 1; ++st) {
     if (st < my_tiles) issue(st, st);
     cp_async_commit();
   }
   for (int64_t li = 0; li < my_tiles; ++li) {
-    if (li + kStages - 1 < my_tiles) issue(li + kStages - 1, int((li + kStages - 1) % kStages));
+    if (li + Tiles::kStages - 1 < my_tiles) issue(li + Tiles::kStages - 1, int((li + Tiles::kStages - 1) % Tiles::kStages));
     cp_async_commit();
-    cp_async_wait<kStages - 1>();
+    cp_async_wait<Tiles::kStages - 1>();
     __syncwarp();
-    const uint16_t* Ks = ring + (li % kStages) * kStageElems<HD>;
-    const uint16_t* Vs = Ks + kTile * kRowElems<HD>;
+    const unsigned char* st = ring + (li % Tiles::kStages) * Tiles::kStageBytes;
     const int64_t kt = first + (warp + li * kWarps) * kTile;
 
-    // S^T[16 keys x 8 heads]: lane (g, tq) gets keys g and g + 8 of heads 2tq, 2tq + 1.
-    float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    {
-      const uint32_t addr = smem_addr(Ks + ((mi & 1) * 8 + mr) * kRowElems<HD> + (mi >> 1) * 8);
-#pragma unroll
-      for (int s = 0; s < KS; ++s) {
-        uint32_t ka[4];
-        ldmatrix_x4(ka, addr + s * 32);
-        Ops::mma(sc, ka, qb[s][0], qb[s][1]);
-      }
-    }
+    float sc[4];
+    tiles.scores(st, lane, sc);
     const bool in0 = kt + g >= lo && kt + g < hi, in1 = kt + g + 8 >= lo && kt + g + 8 < hi;
+    const float f0 = scale2 * Tiles::key_scale(st, g), f1 = scale2 * Tiles::key_scale(st, g + 8);
     float sv[4];
-    sv[0] = in0 ? sc[0] * scale2 : -INFINITY;
-    sv[1] = in0 ? sc[1] * scale2 : -INFINITY;
-    sv[2] = in1 ? sc[2] * scale2 : -INFINITY;
-    sv[3] = in1 ? sc[3] * scale2 : -INFINITY;
+    sv[0] = in0 ? sc[0] * f0 : -INFINITY;
+    sv[1] = in0 ? sc[1] * f0 : -INFINITY;
+    sv[2] = in1 ? sc[2] * f1 : -INFINITY;
+    sv[3] = in1 ? sc[3] * f1 : -INFINITY;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float mx = fmaxf(sv[h], sv[h + 2]);
@@ -209,8 +106,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const Atte
       if (mx > m[h] + kLazyMax) {
         const float r = exp2f(m[h] - mx);  // 0 when m was -inf
         l[h] *= r;
-#pragma unroll
-        for (int j = 0; j < KS; ++j) o[j][h] *= r, o[j][h + 2] *= r;
+        tiles.rescale(h, r);
         m[h] = mx;
       }
     }
@@ -219,17 +115,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const Atte
     for (int i = 0; i < 4; ++i) p[i] = m[i & 1] == -INFINITY ? 0.0f : exp2f(sv[i] - m[i & 1]);
     l[0] += p[0] + p[2];
     l[1] += p[1] + p[3];
-    // P^T as the B fragment: transpose the two 8x8 (keys x heads) halves in registers.
-    const uint32_t pb0 = movmatrix_trans(Ops::pack(p[0], p[1])), pb1 = movmatrix_trans(Ops::pack(p[2], p[3]));
-    {
-      const uint32_t addr = smem_addr(Vs + ((mi >> 1) * 8 + mr) * kRowElems<HD> + (mi & 1) * 8);
-#pragma unroll
-      for (int j = 0; j < KS; ++j) {
-        uint32_t va[4];
-        ldmatrix_x4_trans(va, addr + j * 32);
-        Ops::mma(o[j], va, pb0, pb1);
-      }
-    }
+    tiles.accumulate(st, lane, p);
     __syncwarp();  // the stage is reissued next iteration
   }
   cp_async_wait<0>();
@@ -242,7 +128,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const Atte
 
   // Merge the warps (their rings are dead now: the merge area reuses the memory).
   __syncthreads();
-  float* s_m = reinterpret_cast<float*>(smem_raw);
+  float* s_m = reinterpret_cast<float*>(smem);
   float* s_l = s_m + kWarps * kAttnMaxGroup;
   float* s_o = s_l + kWarps * kAttnMaxGroup;
 #pragma unroll
@@ -250,9 +136,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const Atte
     const int head = 2 * tq + h;
     if (head >= G) continue;
     if (g == 0) s_m[warp * kAttnMaxGroup + head] = m[h], s_l[warp * kAttnMaxGroup + head] = l[h];
-    float* row = s_o + (warp * kAttnMaxGroup + head) * HD;
-#pragma unroll
-    for (int j = 0; j < KS; ++j) row[16 * j + g] = o[j][h], row[16 * j + g + 8] = o[j][h + 2];
+    tiles.store(s_o + (warp * kAttnMaxGroup + head) * HD, h, g);
   }
   __syncthreads();
   for (int e = threadIdx.x; e < G * HD; e += blockDim.x) {
@@ -288,33 +172,32 @@ int64_t one_wave_splits(const AttentionArgs& a, int blocks_per_sm) {
   return std::max<int64_t>(1, std::min<int64_t>(a.n_splits, resident / std::max<int64_t>(1, rows)));
 }
 
-template <DType D, int HD>
+template <class Tiles, int HD>
 int64_t launch_mma(const AttentionArgs& a, cudaStream_t s) {
+  constexpr size_t shm = smem_bytes<Tiles, HD>();
   static const int blocks_per_sm = [] {
-    check(cudaFuncSetAttribute(attn_decode_mma_kernel<D, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(kSmemBytes<HD>)),
+    check(cudaFuncSetAttribute(attn_decode_mma_kernel<Tiles, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(shm)),
           "cudaFuncSetAttribute (attention_decode_mma)");
     int n = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_decode_mma_kernel<D, HD>, kWarps * 32,
-                                                        kSmemBytes<HD>),
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_decode_mma_kernel<Tiles, HD>, kWarps * 32, shm),
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor (attention_decode_mma)");
     return std::max(1, n);
   }();
   AttentionArgs b = a;
   b.n_splits = one_wave_splits(a, blocks_per_sm);
   const dim3 grid(unsigned(b.n_splits), unsigned(b.kv.n_kv_heads), unsigned(b.n_tok));
-  launch_pdl(attn_decode_mma_kernel<D, HD>, grid, dim3(kWarps * 32), kSmemBytes<HD>, s, b);
+  launch_pdl(attn_decode_mma_kernel<Tiles, HD>, grid, dim3(kWarps * 32), shm, s, b);
   return b.n_splits;
 }
 
 template <DType D>
-int64_t launch_dtype(const AttentionArgs& a, cudaStream_t s) {
+int64_t launch_half(const AttentionArgs& a, cudaStream_t s) {
   switch (a.kv.head_dim) {
-    case 32: return launch_mma<D, 32>(a, s);
-    case 64: return launch_mma<D, 64>(a, s);
-    case 96: return launch_mma<D, 96>(a, s);
-    case 128: return launch_mma<D, 128>(a, s);
-    default: fail("CUDA attention_decode_mma: head_dim {} (32, 64, 96 or 128)", a.kv.head_dim);
+    case 32: return launch_mma<HalfTiles<D, 32>, 32>(a, s);
+    case 64: return launch_mma<HalfTiles<D, 64>, 64>(a, s);
+    case 96: return launch_mma<HalfTiles<D, 96>, 96>(a, s);
+    default: return launch_mma<HalfTiles<D, 128>, 128>(a, s);
   }
 }
 
@@ -322,7 +205,9 @@ int64_t launch_dtype(const AttentionArgs& a, cudaStream_t s) {
 
 bool attention_decode_mma_supported(const AttentionArgs& a) {
   const int64_t hd = a.kv.head_dim;
-  return (a.kv.dtype == DType::F16 || a.kv.dtype == DType::BF16) && (hd == 32 || hd == 64 || hd == 96 || hd == 128) &&
+  const bool shape = a.kv.dtype == DType::I8 ? (hd == 64 || hd == 128)
+                                             : (hd == 32 || hd == 64 || hd == 96 || hd == 128);
+  return (a.kv.dtype == DType::F16 || a.kv.dtype == DType::BF16 || a.kv.dtype == DType::I8) && shape &&
          a.kv.block_size % kTile == 0 && a.kv.n_kv_heads > 0 && a.n_heads % a.kv.n_kv_heads == 0 &&
          a.n_heads / a.kv.n_kv_heads <= kAttnMaxGroup;
 }
@@ -331,11 +216,17 @@ void attention_decode_mma(const AttentionArgs& a, cudaStream_t s) {
   if (a.n_tok <= 0) return;
   check_decode_args(a);
   if (!attention_decode_mma_supported(a))
-    fail("CUDA attention_decode_mma: needs an f16/bf16 cache, head_dim 32/64/96/128, block_size % 16 == 0 "
-         "(got {}, head_dim {}, block_size {})",
+    fail("CUDA attention_decode_mma: needs an f16/bf16 cache with head_dim 32/64/96/128 or an i8 cache with "
+         "head_dim 64/128, and block_size % 16 == 0 (got {}, head_dim {}, block_size {})",
          dtype_name(a.kv.dtype), a.kv.head_dim, a.kv.block_size);
   AttentionArgs b = a;
-  b.n_splits = a.kv.dtype == DType::F16 ? launch_dtype<DType::F16>(a, s) : launch_dtype<DType::BF16>(a, s);
+  switch (a.kv.dtype) {
+    case DType::F16: b.n_splits = launch_half<DType::F16>(a, s); break;
+    case DType::BF16: b.n_splits = launch_half<DType::BF16>(a, s); break;
+    default:
+      b.n_splits = a.kv.head_dim == 64 ? launch_mma<Int8Tiles<64>, 64>(a, s) : launch_mma<Int8Tiles<128>, 128>(a, s);
+      break;
+  }
   check_launch("attention_decode_mma");
   if (b.n_splits > 1) attention_combine(b, s);
 }

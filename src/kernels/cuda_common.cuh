@@ -61,12 +61,22 @@ struct Elt<DType::F16> {
   }
 };
 
-// Element offset of the K (kv = 0) or V (kv = 1) row of slot `off` of `block` for one kv head.
-__device__ __forceinline__ int64_t kv_row(const KVLayout& c, int64_t block, int64_t layer, int kv, int64_t kvh,
-                                          int64_t off) {
-  return block * c.block_elems() + ((layer * 2 + kv) * c.n_kv_heads + kvh) * c.block_size * c.head_dim +
-         off * c.head_dim;
-}
+// One cached K or V row (head_dim values of one position and kv head), widened to fp32.
+template <DType D>
+struct KvRow {
+  const unsigned char* p;
+  float scale = 1.0f;
+  // head_off: KVLayout::head_offset of the row's block, layer, K|V and kv head; slot: its row.
+  __device__ KvRow(const KVLayout& c, int64_t head_off, int64_t slot) {
+    const unsigned char* h = static_cast<const unsigned char*>(c.base) + head_off;
+    p = h + slot * c.row_bytes();
+    if constexpr (D == DType::I8) scale = reinterpret_cast<const float*>(h + c.block_size * c.row_bytes())[slot];
+  }
+  __device__ float operator[](int64_t d) const {
+    if constexpr (D == DType::I8) return float(reinterpret_cast<const int8_t*>(p)[d]) * scale;
+    else return Elt<D>::at(p, d);
+  }
+};
 
 // Weights are read once per step and do not fit in L2: keep them out of L1.
 __device__ __forceinline__ uint4 load_stream(const void* p) {

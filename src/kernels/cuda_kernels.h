@@ -5,7 +5,9 @@
 //
 // The paged KV cache on the device has model/kv_cache.h's layout
 // ([block][layer][K|V][kv_head][slot][head_dim]) and block ids, in fp32 (then a host cache's
-// bytes can be copied over for tests) or in f16 / bf16 (half the traffic and memory).
+// bytes can be copied over for tests), f16 / bf16 (half the traffic and memory) or int8
+// (a quarter: each row of head_dim codes has an fp32 scale, max|x| / 127, stored after the
+// block_size rows of its kv head).
 #pragma once
 #ifdef ANYBIT_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -138,12 +140,22 @@ void argmax_rows(const float* x, int64_t n_rows, int64_t n, int32_t* out, cudaSt
 
 struct KVLayout {
   void* base = nullptr;
-  DType dtype = DType::F32;  // F32, F16 or BF16 elements
+  DType dtype = DType::F32;  // F32, F16, BF16 or I8 elements
   int64_t n_layers = 0, n_kv_heads = 0, head_dim = 0, block_size = 0;
+  ANYBIT_HOST_DEVICE int64_t elem_bytes() const { return dtype == DType::F32 ? 4 : dtype == DType::I8 ? 1 : 2; }
+  ANYBIT_HOST_DEVICE int64_t row_bytes() const { return head_dim * elem_bytes(); }
+  // One kv head's part of a block: block_size rows, then (I8) block_size fp32 scales.
+  ANYBIT_HOST_DEVICE int64_t head_bytes() const {
+    return block_size * (row_bytes() + (dtype == DType::I8 ? 4 : 0));
+  }
+  ANYBIT_HOST_DEVICE int64_t block_bytes() const { return n_layers * 2 * n_kv_heads * head_bytes(); }
   ANYBIT_HOST_DEVICE int64_t block_elems() const { return n_layers * 2 * n_kv_heads * block_size * head_dim; }
-  ANYBIT_HOST_DEVICE int64_t elem_bytes() const { return dtype == DType::F32 ? 4 : 2; }
+  // Byte offset of the part of `block` holding K (kv = 0) or V (kv = 1) of kv head kvh.
+  ANYBIT_HOST_DEVICE int64_t head_offset(int64_t block, int64_t layer, int kv, int64_t kvh) const {
+    return block * block_bytes() + ((layer * 2 + kv) * n_kv_heads + kvh) * head_bytes();
+  }
 };
-// Throws unless dtype is F32, F16 or BF16.
+// Throws unless dtype is F32, F16, BF16 or I8.
 void check_kv_dtype(DType dtype, const char* what);
 
 // Rotates q and k of each token in the fused qkv rows ([q | k | v], ld floats apart) and
@@ -184,14 +196,16 @@ struct AttentionArgs {
 };
 // One query per row, any number of rows; the context of row t is [0, tok_pos[t]].
 // Each (row, kv head, split) is one block covering all the query heads of that kv head.
-// f16 / bf16 caches run attention_decode_mma when attention_decode_mma_supported(), else
-// the SIMT kernel (fp32 caches always take the SIMT kernel: exact fp32 products).
+// f16 / bf16 / int8 caches run attention_decode_mma when attention_decode_mma_supported(),
+// else the SIMT kernel (fp32 caches always take the SIMT kernel: exact fp32 products).
 void attention_decode(const AttentionArgs& a, cudaStream_t s);
 // The paths directly (tests and benchmarks pick one). The SIMT kernel takes every dtype.
 void attention_decode_simt(const AttentionArgs& a, cudaStream_t s);
-// Tensor cores (mma.sync m16n8k16, src/kernels/attention_decode_mma_cuda.cu): f16 / bf16 cache,
-// head_dim % 16 == 0, block_size % 16 == 0, at most 8 query heads per kv head. q and the
-// probabilities are rounded to the cache's dtype; scores and sums stay fp32.
+// Tensor cores (mma.sync m16n8k16, src/kernels/attention_decode_mma_cuda.cu): f16 / bf16 / int8
+// cache, head_dim 32/64/96/128, block_size % 16 == 0, at most 8 query heads per kv head. q and
+// the probabilities are rounded to the cache's dtype (f16 for int8 caches, whose codes are
+// exact in f16 and whose scales are applied to the scores and the probabilities); scores and
+// sums stay fp32.
 bool attention_decode_mma_supported(const AttentionArgs& a);
 void attention_decode_mma(const AttentionArgs& a, cudaStream_t s);
 // Tiles of queries per sequence and head, K/V tiles in shared memory, online softmax.

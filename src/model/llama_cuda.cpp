@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -106,7 +107,7 @@ void LlamaCudaModel::ensure_kv(const KVCache& kv) {
   kv_layout_.head_dim = cfg_.head_dim;
   kv_layout_.block_size = kv.block_size();
   kv_layout_.dtype = kv_dtype_;
-  const size_t bytes = size_t(kv.n_blocks()) * size_t(kv_layout_.block_elems()) * size_t(kv_layout_.elem_bytes());
+  const size_t bytes = size_t(kv.n_blocks()) * size_t(kv_layout_.block_bytes());
   check(cudaMalloc(&kv_dev_, bytes ? bytes : 16), "cudaMalloc (KV cache)");
   check(cudaMemset(kv_dev_, 0, bytes), "cudaMemset (KV cache)");
   kv_layout_.base = kv_dev_;
@@ -379,9 +380,29 @@ std::vector<float> LlamaCudaModel::download_kv() const {
     check(cudaMemcpy(v.data(), kv_dev_, n * 4, cudaMemcpyDeviceToHost), "download KV");
     return v;
   }
-  std::vector<uint16_t> h(n);
-  check(cudaMemcpy(h.data(), kv_dev_, n * 2, cudaMemcpyDeviceToHost), "download KV");
-  for (size_t i = 0; i < n; ++i) v[i] = kv_layout_.dtype == DType::F16 ? f16_to_f32(h[i]) : bf16_to_f32(h[i]);
+  const cuda::KVLayout& c = kv_layout_;
+  std::vector<uint8_t> raw(size_t(kv_blocks_ * c.block_bytes()));
+  check(cudaMemcpy(raw.data(), kv_dev_, raw.size(), cudaMemcpyDeviceToHost), "download KV");
+  // Same [block][layer][K|V][kv_head][slot][head_dim] order as the host cache.
+  const int64_t per_head = c.block_size * c.head_dim;
+  size_t o = 0;
+  for (int64_t b = 0; b < kv_blocks_; ++b)
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      for (int k = 0; k < 2; ++k)
+        for (int64_t h = 0; h < c.n_kv_heads; ++h) {
+          const uint8_t* p = raw.data() + c.head_offset(b, l, k, h);
+          for (int64_t e = 0; e < per_head; ++e, ++o) {
+            if (c.dtype == DType::I8) {
+              float scale;
+              std::memcpy(&scale, p + per_head + (e / c.head_dim) * 4, 4);
+              v[o] = float(int8_t(p[e])) * scale;
+            } else {
+              uint16_t x;
+              std::memcpy(&x, p + 2 * e, 2);
+              v[o] = c.dtype == DType::F16 ? f16_to_f32(x) : bf16_to_f32(x);
+            }
+          }
+        }
   return v;
 }
 

@@ -53,8 +53,9 @@ class LlamaCudaModel final : public ModelBackend {
   // model's cache).
   std::vector<float> download_kv() const;
   // Element type of the device KV cache: F32 (default: exact agreement with the CPU
-  // model), F16 or BF16 (half the memory and attention traffic; decode attention then runs
-  // on the tensor cores). Takes effect at the next forward (the cache is reallocated).
+  // model), F16 or BF16 (half the memory and attention traffic) or I8 (a quarter, plus one
+  // fp32 scale per row); decode attention then runs on the tensor cores. Takes effect at the
+  // next forward (the cache is reallocated).
   void set_kv_dtype(DType dtype);
   DType kv_dtype() const { return kv_dtype_; }
 
