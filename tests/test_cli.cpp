@@ -136,6 +136,11 @@ TEST(Cli, BadInputGivesOneLineErrorAndNonZeroExit) {
   expect_clean_error(test::run_cli("run -m " + dir.string() + " -p hi"), "mamba");
   expect_clean_error(test::run_cli("run -m /nonexistent/model -p hi"), "/nonexistent/model");
   expect_clean_error(test::run_cli("run -p hi --top-p 0"), "top_p");
+  // Reduced-precision KV caches are GPU-only: asked for on the CPU, a clear refusal.
+  expect_clean_error(test::run_cli("run -p hi --device cpu --kv-dtype i8"), "--kv-dtype i8");
+  auto bad_kv = test::run_cli("run -p hi --kv-dtype q4");  // CLI11's own message
+  EXPECT_NE(bad_kv.exit_code, 0);
+  EXPECT_NE(bad_kv.err.find("--kv-dtype"), std::string::npos) << bad_kv.err;
   // A GGUF path that is not a GGUF file.
   test::write_file(tmp.file("fake.gguf"), "GGUF but not really");
   expect_clean_error(test::run_cli("run -m " + tmp.file("fake.gguf") + " -p hi"), "fake.gguf");

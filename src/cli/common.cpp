@@ -18,8 +18,9 @@ void ModelArgs::add(CLI::App* sub) {
   sub->add_option("--device", device, "cpu, cuda or auto (default: cuda when a GPU is visible)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   sub->add_option("--kv-dtype", kv_dtype,
-                  "KV cache element type on the GPU: f32, f16, bf16 or i8 (int8 rows with a scale each; default f32)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "i8"}));
+                  "KV cache element type: auto (f16 on the GPU, f32 on the CPU), f32, or on the GPU f16, bf16, "
+                  "i8 (int8 rows with a scale each)")
+      ->check(CLI::IsMember({"auto", "f32", "f16", "bf16", "i8"}));
 }
 
 void SamplingArgs::add(CLI::App* sub) {
@@ -38,10 +39,11 @@ DType parse_float_dtype(const std::string& s) {
   fail("--dtype must be f32, f16 or bf16 (got '{}')", s);
 }
 
-DType parse_kv_dtype(const std::string& s) {
+std::optional<DType> parse_kv_dtype(const std::string& s) {
+  if (s == "auto") return std::nullopt;
   if (s == "i8") return DType::I8;
   if (s == "f32" || s == "f16" || s == "bf16") return parse_float_dtype(s);
-  fail("--kv-dtype must be f32, f16, bf16 or i8 (got '{}')", s);
+  fail("--kv-dtype must be auto, f32, f16, bf16 or i8 (got '{}')", s);
 }
 
 SamplingParams SamplingArgs::params() const {

@@ -14,7 +14,7 @@ struct ModelArgs {
   int threads = 0;
   int64_t ctx = 0;
   std::string device = "auto";  // cpu | cuda | auto
-  std::string kv_dtype = "f32";  // f32 | f16 | bf16 | i8 (GPU KV cache)
+  std::string kv_dtype = "auto";  // auto | f32 | f16 | bf16 | i8 (KV cache; auto: f16 on GPU, f32 on CPU)
   void add(CLI::App* sub);
 };
 
@@ -29,7 +29,7 @@ struct SamplingArgs {
 // Loads the model with a progress bar on stderr for large files.
 // "f32" | "f16" | "bf16" (the --dtype of random --shape models); anything else fails.
 DType parse_float_dtype(const std::string& s);
-DType parse_kv_dtype(const std::string& s);  // f32 | f16 | bf16 | i8
+std::optional<DType> parse_kv_dtype(const std::string& s);  // auto (nullopt) | f32 | f16 | bf16 | i8
 
 std::unique_ptr<Engine> load_engine(const ModelArgs& a, int64_t max_sequences = 1);
 

@@ -15,11 +15,12 @@ Engine::Engine(ModelFiles files, const EngineOptions& opts) : files_(std::move(f
   set_thread_count(opts.threads);
   model_ = std::make_unique<LlamaModel>(files_.config, files_.weights);
   device_ = resolve_device(opts.device);
-  if (device_ == Device::Cpu && opts.kv_dtype != DType::F32)
-    fail("--kv-dtype {}: the CPU backend keeps its KV cache in f32 (f16/bf16 caches are GPU-only)",
-         dtype_name(opts.kv_dtype));
-  backend_ = device_ == Device::Cuda ? make_cuda_backend(files_.config, files_.weights, opts.kv_dtype)
-                                     : make_cpu_backend(*model_);
+  if (device_ == Device::Cpu && opts.kv_dtype && *opts.kv_dtype != DType::F32)
+    fail("--kv-dtype {}: the CPU backend keeps its KV cache in f32 (f16/bf16/i8 caches are GPU-only)",
+         dtype_name(*opts.kv_dtype));
+  backend_ = device_ == Device::Cuda
+                 ? make_cuda_backend(files_.config, files_.weights, opts.kv_dtype.value_or(DType::F16))
+                 : make_cpu_backend(*model_);
   max_context_ = opts.max_context > 0 ? opts.max_context : files_.config.max_position;
   if (max_context_ <= 0) max_context_ = 4096;
   const int64_t bs = 16;

