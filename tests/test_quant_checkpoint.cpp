@@ -376,3 +376,101 @@ TEST(QuantModel, TinyLlamaAt8BitsGreedyEqualsBf16) {
   EXPECT_EQ(std::vector<int32_t>(fast.begin(), fast.begin() + 16), std::vector<int32_t>(want.begin(), want.begin() + 16));
   if (fast != want) std::fprintf(stderr, "note: the table's QBITS kernel departs from the bf16 greedy continuation\n");
 }
+
+namespace {
+
+// Calibration text for the tests below: a document of this repository (never evaluation text).
+std::string calib_text() { return read_text_file(std::string(ANYBIT_SOURCE_DIR) + "/docs/ARCHITECTURE.md"); }
+
+// A small random Llama (2 layers, hidden 128) with tiny-llama's tokenizer: GPTQ on it takes
+// well under a second, where tiny-llama's 1024-wide down_proj takes seconds per matrix.
+ModelFiles small_model() {
+  ModelConfig c = named_shape("tiny");
+  c.hidden = 128, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 32, c.ffn = 384;
+  ModelFiles m = make_random_model(c, DType::BF16, 4242);
+  m.tokenizer = load_model_files(kTiny).tokenizer;
+  return m;
+}
+
+quant::QuantizeOptions calibrated_options() {
+  quant::QuantizeOptions o;
+  o.calib_text = calib_text();
+  o.calib_origin = "ARCHITECTURE.md";
+  o.calib_tokens = 2048;
+  o.calib_ctx = 256;
+  o.progress = false;
+  return o;
+}
+
+// E||r - x||^2 of the final hidden state (lm_head's input) of `q` against the unquantized
+// model on the calibration windows: how far the quantized function is from the reference.
+double final_state_mismatch(const ModelFiles& m, const std::shared_ptr<TensorStore>& q, const quant::QuantizeOptions& o) {
+  const auto windows = quant::calibration_windows(m.tokenizer, o.calib_text, o.calib_ctx, o.calib_tokens, "calib");
+  quant::CollectOptions co;
+  co.sites = {"lm_head.weight"};
+  std::map<std::string, quant::InputStats> ref, paired;
+  quant::collect_input_stats(m.config, m.weights, windows, co, ref);
+  quant::collect_paired_stats(m.config, m.weights, effective_store(q), windows, co, paired);
+  const quant::InputStats& r = ref.at("lm_head.weight");
+  const quant::InputStats& p = paired.at("lm_head.weight");
+  double e = 0.0;
+  for (int64_t c = 0; c < r.k; ++c) {
+    const size_t d = size_t(c * r.k + c);
+    e += r.xtx[d] - 2.0 * p.rtx[d] + p.xtx[d];
+  }
+  return e / double(r.n);
+}
+
+}  // namespace
+
+TEST(QuantModel, ReferenceTargetBringsTheQuantizedFunctionCloserToTheReference) {
+  const ModelFiles m = small_model();
+  quant::QuantizeOptions o = calibrated_options();
+  o.bits = 3;
+  o.group = 64;
+  o.asym = true;
+  o.lm_head_bits = 0;  // only the layers' matrices differ between the two runs
+  const quant::QuantizeResult plain = quant::quantize_model(m, o);
+  o.reference_target = true;
+  o.site_sequential = true;
+  const quant::QuantizeResult target = quant::quantize_model(m, o);
+  EXPECT_TRUE(target.summary.at("calibration").at("reference_target").get<bool>());
+  EXPECT_TRUE(target.summary.at("calibration").at("site_sequential").get<bool>());
+  const double e_plain = final_state_mismatch(m, plain.weights, o), e_target = final_state_mismatch(m, target.weights, o);
+  EXPECT_GT(e_plain, 0.0);
+  EXPECT_LT(e_target, 0.9 * e_plain) << "plain " << e_plain << " reference target " << e_target;
+  quant::QuantizeOptions bad = o;
+  bad.sequential = false;
+  EXPECT_THROW(quant::quantize_model(m, bad), Error);
+}
+
+TEST(QuantModel, MixedFormatsChooseGroupsAndZerosWithinTheBudgetAndRoundTrip) {
+  const ModelFiles m = small_model();
+  quant::QuantizeOptions o = calibrated_options();
+  o.target_bpw = 3.6;
+  o.mixed_formats = true;
+  o.min_bits = 2;
+  o.max_bits = 4;
+  o.sensitivity_tokens = 512;
+  o.gptq.refine = 1;
+  const quant::QuantizeResult q = quant::quantize_model(m, o);
+  EXPECT_LE(q.linear_bpw, 3.6 + 1e-12);
+  EXPECT_GT(q.linear_bpw, 3.4);  // the budget is used, not wasted
+  test::TempDir dir;
+  QuantWriteOptions w;
+  w.tokenizer_source = kTiny;
+  w.summary = q.summary;
+  write_quant_folder(dir.file("mixed"), m.config, *q.weights, m.tokenizer, w);
+  ModelFiles back = load_model_files(dir.file("mixed"));
+  const json per = q.summary.at("matrices");
+  for (const auto& r : q.matrices) {
+    const QuantizedWeight& a = quantized_of(q.weights->get(r.name));
+    const QuantizedWeight& b = quantized_of(back.weights->get(r.name));
+    EXPECT_EQ(per.at(r.name).at("group").get<int>(), a.group) << r.name;
+    EXPECT_EQ(per.at(r.name).at("sym").get<bool>(), !a.asymmetric) << r.name;
+    EXPECT_EQ(b.group, a.group) << r.name;
+    EXPECT_EQ(b.asymmetric, a.asymmetric) << r.name;
+    EXPECT_EQ(b.bits, a.bits) << r.name;
+    EXPECT_EQ(b.codes, a.codes) << r.name;
+  }
+}

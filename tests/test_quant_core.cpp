@@ -1,5 +1,6 @@
 // Any-bit quantization primitives: bit packing, group quantization error bounds,
-// clipping search, the scalar QBITS matmul, AWQ scaling, GPTQ, the bpw allocator.
+// clipping search, the scalar QBITS matmul, AWQ scaling, GPTQ, the bpw allocator, the
+// group-parameter refinement.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -14,6 +15,7 @@
 #include "quant/gptq.h"
 #include "quant/group_quant.h"
 #include "quant/objective.h"
+#include "quant/refine.h"
 
 using namespace anybit;
 using namespace anybit::quant;
@@ -335,4 +337,191 @@ TEST(QuantAlloc, MeetsTheTargetAndIsOptimal) {
   const AllocResult exact = allocate_bits(one, 2, 4, 128, false, width_bpw(3, 128, false));
   EXPECT_EQ(exact.bits[0], 3);
   EXPECT_DOUBLE_EQ(exact.bpw, width_bpw(3, 128, false));
+}
+
+namespace {
+
+// Unpacked codes (rows x cols) and per-group params of a quantized weight.
+void unpack(const QuantizedWeight& q, std::vector<uint8_t>& codes, std::vector<GroupParams>& params) {
+  codes.resize(size_t(q.rows * q.cols));
+  params.resize(size_t(q.rows * q.groups_per_row()));
+  for (int64_t r = 0; r < q.rows; ++r) {
+    for (int64_t c = 0; c < q.cols; ++c) codes[size_t(r * q.cols + c)] = uint8_t(q.code(r, c));
+    for (int64_t g = 0; g < q.groups_per_row(); ++g)
+      params[size_t(r * q.groups_per_row() + g)] = {q.scales[size_t(r * q.groups_per_row() + g)], q.zero(r, g)};
+  }
+}
+
+double sum(const std::vector<double>& v) {
+  double s = 0.0;
+  for (double x : v) s += x;
+  return s;
+}
+
+}  // namespace
+
+TEST(QuantRefine, RefitReachesTheRowOptimumAndNeverIncreasesTheError) {
+  const int64_t n = 24, k = 256, m = 1024, group = 64, G = k / group;
+  const std::vector<float> w = normal(size_t(n * k), 0.02f), x = correlated_inputs(m, k);
+  const std::vector<float> h = hessian_of(x, m, k);
+  for (int bits : {2, 3, 4})
+    for (bool asym : {false, true})
+      for (DType meta : {DType::F32, DType::F16}) {
+        const GroupFormat f{bits, asym, meta};
+        // Round-to-nearest codes stored with stretched scales: the scales that fit those
+        // codes best are far from the stored ones, so the refit must find better ones.
+        std::vector<GroupParams> p(size_t(n * G));
+        std::vector<uint8_t> codes(size_t(n * k));
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t g = 0; g < G; ++g) {
+            GroupParams gp = rtn_params(w.data() + r * k + g * group, group, f);
+            encode_group(w.data() + r * k + g * group, group, f, gp, codes.data() + r * k + g * group);
+            gp.scale = round_meta(gp.scale * 1.3f, meta);
+            p[size_t(r * G + g)] = gp;
+          }
+        const std::vector<double> before = row_output_errors(w.data(), dequantize_codes(codes.data(), p, n, k, group).data(), n, k, h.data());
+        std::vector<GroupParams> p2 = p;
+        const int64_t changed = refit_group_params(w.data(), n, k, group, f, h.data(), codes.data(), p2);
+        const std::vector<double> after = row_output_errors(w.data(), dequantize_codes(codes.data(), p2, n, k, group).data(), n, k, h.data());
+        const std::string what = "bits " + std::to_string(bits) + (asym ? " asym" : " sym") + (meta == DType::F16 ? " f16" : " f32");
+        EXPECT_EQ(changed, n) << what;
+        for (int64_t r = 0; r < n; ++r) EXPECT_LE(after[size_t(r)], before[size_t(r)] * (1 + 1e-6)) << what << " row " << r;
+        EXPECT_LT(sum(after), 0.9 * sum(before)) << what;
+        for (const auto& gp : p2) {
+          ASSERT_EQ(gp.scale, round_meta(gp.scale, meta));
+          ASSERT_EQ(gp.zero, round_meta(gp.zero, meta));
+          if (!asym) ASSERT_EQ(gp.zero, f.sym_zero());
+        }
+        if (meta != DType::F32) continue;
+        // Unrounded, the refit is the least-squares optimum: no single scale (or zero)
+        // nudge lowers the row's error.
+        for (int64_t g = 0; g < G; ++g)
+          for (int which = 0; which < (asym ? 2 : 1); ++which)
+            for (float step : {-1e-2f, 1e-2f}) {
+              std::vector<GroupParams> pp = p2;
+              GroupParams& gp = pp[size_t(g)];  // row 0
+              if (which == 0) gp.scale *= 1.0f + step;
+              else gp.zero += step * float(f.qmax());
+              const double e = row_output_errors(w.data(), dequantize_codes(codes.data(), pp, 1, k, group).data(), 1, k, h.data())[0];
+              EXPECT_GE(e, after[0] * (1 - 1e-6)) << what << " group " << g << " param " << which << " step " << step;
+            }
+      }
+}
+
+TEST(QuantRefine, GptqRefinementNeverWorsensARowAndHelpsAtLowWidth) {
+  const int64_t n = 48, k = 256, m = 1024;
+  const std::vector<float> w = normal(size_t(n * k), 0.02f), x = correlated_inputs(m, k);
+  const std::vector<float> h = hessian_of(x, m, k);
+  for (int bits : {2, 3, 4})
+    for (bool asym : {false, true})
+      for (bool act_order : {false, true}) {
+        MatrixOptions o;
+        o.bits = bits;
+        o.group = 64;
+        o.asym = asym;
+        GptqOptions g;
+        g.act_order = act_order;
+        const QuantizedWeight plain = quantize_gptq(w.data(), n, k, o, h.data(), g);
+        g.refine = 3;
+        const QuantizedWeight refined = quantize_gptq(w.data(), n, k, o, h.data(), g);
+        const std::vector<double> e0 = row_output_errors(w.data(), dequantize(plain).data(), n, k, h.data());
+        const std::vector<double> e1 = row_output_errors(w.data(), dequantize(refined).data(), n, k, h.data());
+        const std::string what = "bits " + std::to_string(bits) + (asym ? " asym" : " sym") + (act_order ? " act_order" : "");
+        for (int64_t r = 0; r < n; ++r) EXPECT_LE(e1[size_t(r)], e0[size_t(r)] * (1 + 1e-6)) << what << " row " << r;
+        EXPECT_LT(sum(e1), 0.995 * sum(e0)) << what;
+        EXPECT_NEAR(sum(e1), output_error(w.data(), refined, h.data()), 1e-4 * sum(e1)) << what;
+        for (float s : refined.scales) ASSERT_EQ(s, round_meta(s, DType::F16));
+        for (float z : refined.zeros) ASSERT_EQ(z, round_meta(z, DType::F16));
+      }
+}
+
+TEST(QuantReferenceTarget, QuantizingTheTargetMatchesTheReferenceOutputsBetter) {
+  // x: the inputs a layer sees in the quantized model; r: the reference model's inputs on
+  // the same tokens, x plus a perturbation correlated with x (upstream quantization error).
+  const int64_t n = 32, k = 128, m = 4096;
+  const std::vector<float> w = normal(size_t(n * k), 0.05f), x = correlated_inputs(m, k);
+  const std::vector<float> mix = normal(size_t(k * k), 0.3f / std::sqrt(float(k))), noise = normal(size_t(m * k), 0.05f);
+  std::vector<float> r(x.size());
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t c = 0; c < k; ++c) {
+      double s = x[size_t(t * k + c)] + noise[size_t(t * k + c)];
+      for (int64_t j = 0; j < k; ++j) s += double(x[size_t(t * k + j)]) * mix[size_t(j * k + c)];
+      r[size_t(t * k + c)] = float(s);
+    }
+  const std::vector<float> h = hessian_of(x, m, k);
+  std::vector<float> cross(size_t(k * k), 0.0f);  // E[r x^T]
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t a = 0; a < k; ++a)
+      for (int64_t b = 0; b < k; ++b) cross[size_t(a * k + b)] += r[size_t(t * k + a)] * x[size_t(t * k + b)] / float(m);
+  // Identical inputs: no correction.
+  for (float v : reference_target_operator(h, h, k, 0.01)) ASSERT_EQ(v, 0.0f);
+
+  const std::vector<float> wt = apply_target_operator(w.data(), n, k, reference_target_operator(h, cross, k, 1e-6));
+  // E||W r - V x||^2 over the calibration tokens.
+  auto mismatch = [&](const std::vector<float>& v) {
+    double e = 0.0;
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t o = 0; o < n; ++o) {
+        double a = 0.0, b = 0.0;
+        for (int64_t c = 0; c < k; ++c) {
+          a += double(w[size_t(o * k + c)]) * r[size_t(t * k + c)];
+          b += double(v[size_t(o * k + c)]) * x[size_t(t * k + c)];
+        }
+        e += (a - b) * (a - b);
+      }
+    return e / double(m);
+  };
+  // W_t is the least-squares optimum (nearly: a tiny ridge), far better than W itself.
+  EXPECT_LT(mismatch(wt), 0.5 * mismatch(w));
+  std::vector<float> nudged = wt;
+  for (size_t i = 0; i < nudged.size(); i += 7) nudged[i] += 1e-3f;
+  EXPECT_LT(mismatch(wt), mismatch(nudged));
+  MatrixOptions o;
+  o.bits = 4;
+  o.group = 64;
+  const GptqOptions g;
+  const QuantizedWeight qw = quantize_gptq(w.data(), n, k, o, h.data(), g);
+  const QuantizedWeight qt = quantize_gptq(wt.data(), n, k, o, h.data(), g);
+  EXPECT_LT(mismatch(dequantize(qt)), 0.8 * mismatch(dequantize(qw)));
+}
+
+TEST(QuantAlloc, FormatsWithGroupsAndZerosMeetTheTargetAndAreOptimal) {
+  // Widths x groups x symmetry: sizes no longer grow with the width alone, so a finer or
+  // zero-pointed group can be worth more than a bit.
+  std::vector<AllocOption> opts;
+  for (int b : {2, 3, 4})
+    for (int g : {32, 128})
+      for (bool a : {false, true}) opts.push_back({b, g, a});
+  const int nw = int(opts.size());
+  for (int trial = 0; trial < 20; ++trial) {
+    const int nitems = 2 + trial % 3;
+    std::vector<AllocItem> items(static_cast<size_t>(nitems));
+    std::uniform_int_distribution<int> sz(1, 6);
+    std::uniform_real_distribution<double> g(0.1, 10.0), noise(0.5, 1.5);
+    for (auto& it : items) {
+      it.numel = int64_t(sz(rng())) * 128 * 32;
+      const double gain = g(rng());
+      for (const auto& f : opts) it.cost.push_back(gain * noise(rng()) * std::pow(4.0, -f.bits) * double(it.numel));
+    }
+    std::uniform_real_distribution<double> tg(width_bpw(2, 128, false), width_bpw(4, 32, true));
+    const double target = tg(rng());
+    const AllocResult r = allocate_formats(items, opts, target);
+    ASSERT_LE(r.bpw, target + 1e-12);
+    double best = 1e300;
+    int64_t combos = 1, total = 0;
+    for (int i = 0; i < nitems; ++i) combos *= nw;
+    for (const auto& it : items) total += it.numel;
+    for (int64_t c = 0; c < combos; ++c) {
+      int64_t x = c;
+      double bits = 0, cost = 0;
+      for (int i = 0; i < nitems; ++i, x /= nw) {
+        const AllocOption& f = opts[size_t(x % nw)];
+        bits += double(items[size_t(i)].numel) * width_bpw(f.bits, f.group, f.asym);
+        cost += items[size_t(i)].cost[size_t(x % nw)];
+      }
+      if (bits / double(total) <= target + 1e-12) best = std::min(best, cost);
+    }
+    EXPECT_NEAR(r.cost, best, 1e-9 * best) << "trial " << trial;
+    for (size_t i = 0; i < items.size(); ++i) EXPECT_EQ(r.bits[i], opts[size_t(r.choice[i])].bits);
+  }
 }

@@ -83,6 +83,9 @@ void register_quantize(CLI::App& app) {
   sub->add_option("--calib-ctx", o.calib_ctx, "Calibration window length")->check(CLI::Range(int64_t(16), int64_t(1) << 20));
   sub->add_option("--quantizer", o.method, "auto, rtn, rtn-clip, awq, gptq, awq-gptq (auto: gptq with --calib, else rtn-clip)");
   sub->add_option("--target-bpw", o.target_bpw, "Mixed precision: average bits per weight of the linear layers");
+  sub->add_flag("--mixed-formats", o.mixed_formats,
+                "With --target-bpw: choose each matrix's group size (32/64/128) and symmetric/asymmetric groups as "
+                "well as its width");
   sub->add_option("--min-bits", o.min_bits, "Smallest width for --target-bpw")->check(CLI::Range(2, 8));
   sub->add_option("--max-bits", o.max_bits, "Largest width for --target-bpw")->check(CLI::Range(2, 8));
   sub->add_option("--act-bits", o.act_bits, "8 = dynamic per-token int8 activations (W*A8); 0 = fp32")->check(CLI::IsMember({0, 8}));
@@ -90,6 +93,16 @@ void register_quantize(CLI::App& app) {
   sub->add_option("--scale-dtype", a->scale_dtype, "On-disk scales and zeros: f16, bf16, f32");
   sub->add_flag("--no-sequential", a->no_sequential, "Calibrate every layer on the unquantized model");
   sub->add_option("--act-order", a->act_order, "GPTQ: round columns by decreasing activation energy (1/0)");
+  sub->add_flag("--reference-target", o.reference_target,
+                "Quantize each matrix toward the unquantized model's outputs on the calibration tokens, correcting "
+                "the error of the layers below (sequential calibration)");
+  sub->add_flag("--site-sequential", o.site_sequential,
+                "Calibrate each input site (attention, o_proj, MLP, down_proj inputs) after the matrices before it in "
+                "the same layer are quantized, not once per layer");
+  sub->add_option("--refine", o.gptq.refine,
+                  "GPTQ: rounds of refitting the group scales/zeros for the rounded codes under the full "
+                  "calibration Hessian, then re-rounding on the refitted grids (0 = off)")
+      ->check(CLI::Range(0, 20));
   sub->add_option("--awq-grid", o.awq_grid, "AWQ: alpha grid points")->check(CLI::Range(1, 100));
   add_command(sub, [a] { return run_quantize(*a); });
 }

@@ -1,7 +1,9 @@
-// Mixed-precision width allocation (the FlexQ idea): given, for every matrix, the
-// estimated loss increase at each candidate width, choose one width per matrix that
+// Mixed-precision format allocation (the FlexQ idea): given, for every matrix, the
+// estimated loss increase under each candidate format, choose one format per matrix that
 // minimises the total increase subject to an average bits-per-weight budget. Solved
 // exactly as a multiple-choice knapsack (dynamic programming over the bit budget).
+// A format is a width with a group size and symmetric or asymmetric groups, so the
+// allocation can trade code bits against finer or zero-pointed groups.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -13,18 +15,30 @@ namespace anybit::quant {
 // (QuantizedWeight::bits_per_weight).
 double width_bpw(int bits, int group, bool asym);
 
+struct AllocOption {
+  int bits = 4;
+  int group = 128;
+  bool asym = false;
+};
+
 struct AllocItem {
   int64_t numel = 0;
-  std::vector<double> cost;  // cost[b - min_bits] for b in min_bits..max_bits
+  std::vector<double> cost;  // cost[i] under options[i] (allocate_bits: cost[b - min_bits])
 };
 
 struct AllocResult {
-  std::vector<int> bits;  // chosen width per item
-  double bpw = 0.0;       // achieved average bits per weight (<= target)
+  std::vector<int> choice;  // chosen option index per item
+  std::vector<int> bits;    // its width
+  double bpw = 0.0;         // achieved average bits per weight (<= target)
   double cost = 0.0;
 };
 
-// Throws anybit::Error when even min_bits everywhere exceeds the target.
+// Throws anybit::Error when even the smallest options exceed the target, or when an
+// item's size is not a multiple of some option's group.
+AllocResult allocate_formats(const std::vector<AllocItem>& items, const std::vector<AllocOption>& options,
+                             double target_bpw);
+
+// The options min_bits..max_bits at one group size and symmetry.
 AllocResult allocate_bits(const std::vector<AllocItem>& items, int min_bits, int max_bits, int group, bool asym,
                           double target_bpw);
 

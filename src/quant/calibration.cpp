@@ -44,6 +44,23 @@ void InputStats::add(const float* x, int64_t m, int64_t kk, bool with_hessian) {
   for (size_t i = 0; i < prod.size(); ++i) xtx[i] += double(prod[i]);
 }
 
+void InputStats::add_cross(const float* ref, const float* x, int64_t m, int64_t kk) {
+  if (kk != k) fail("calibration: input width changed from {} to {}", k, kk);
+  if (rtx.empty()) rtx.assign(size_t(k * k), 0.0);
+  // R^T X through the matmul kernel: prod[i][j] = sum_t r_ti x_tj.
+  std::vector<float> rt(size_t(k * m)), xt(size_t(k * m)), prod(size_t(k * k));
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t c = 0; c < k; ++c) rt[size_t(c * m + t)] = ref[t * k + c], xt[size_t(c * m + t)] = x[t * k + c];
+  matmul(rt.data(), k, WeightMatrix{DType::F32, k, m, xt.data()}, prod.data());
+  for (size_t i = 0; i < prod.size(); ++i) rtx[i] += double(prod[i]);
+}
+
+std::vector<float> InputStats::cross() const {
+  std::vector<float> c(rtx.size());
+  for (size_t i = 0; i < c.size(); ++i) c[i] = n ? float(rtx[i] / double(n)) : 0.0f;
+  return c;
+}
+
 std::vector<float> InputStats::mean_abs() const {
   std::vector<float> v(static_cast<size_t>(k));
   for (int64_t c = 0; c < k; ++c) v[size_t(c)] = n ? float(abs_sum[size_t(c)] / double(n)) : 0.0f;
@@ -125,6 +142,41 @@ void collect_input_stats(const ModelConfig& cfg, std::shared_ptr<const TensorSto
     if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
   });
   run_batches(cfg, model, windows, opts.batch_windows, false, [](size_t, size_t, const ForwardOutput&) {});
+}
+
+void collect_paired_stats(const ModelConfig& cfg, std::shared_ptr<const TensorStore> reference,
+                          std::shared_ptr<const TensorStore> weights, const std::vector<std::vector<int32_t>>& windows,
+                          const CollectOptions& opts, std::map<std::string, InputStats>& out) {
+  LlamaModel ref_model(cfg, std::move(reference)), model(cfg, std::move(weights));
+  // The reference's site inputs of the current batch, in call order (both models make
+  // the same calls in the same order: same windows, same batches, same architecture).
+  std::map<std::string, std::vector<std::vector<float>>> held;
+  std::map<std::string, size_t> next;
+  ref_model.set_observer([&](const std::string& name, const float* x, int64_t m, int64_t k) {
+    if (opts.sites.count(name)) held[name].emplace_back(x, x + m * k);
+    if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
+  });
+  model.set_observer([&](const std::string& name, const float* x, int64_t m, int64_t k) {
+    if (opts.sites.count(name)) {
+      InputStats& s = out[name];
+      s.add(x, m, k, opts.hessian);
+      const std::vector<std::vector<float>>& chunks = held[name];
+      const size_t i = next[name]++;
+      if (i >= chunks.size() || chunks[i].size() != size_t(m * k))
+        fail("calibration: the reference model fed {} differently shaped inputs", name);
+      s.add_cross(chunks[i].data(), x, m, k);
+    }
+    if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
+  });
+  const size_t bw = size_t(std::max<int64_t>(1, opts.batch_windows));
+  for (size_t b = 0; b < windows.size(); b += bw) {
+    const std::vector<std::vector<int32_t>> part(windows.begin() + long(b),
+                                                 windows.begin() + long(std::min(windows.size(), b + bw)));
+    held.clear();
+    next.clear();
+    run_batches(cfg, ref_model, part, opts.batch_windows, false, [](size_t, size_t, const ForwardOutput&) {});
+    run_batches(cfg, model, part, opts.batch_windows, false, [](size_t, size_t, const ForwardOutput&) {});
+  }
 }
 
 double calibration_nll(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,

@@ -22,12 +22,17 @@ struct InputStats {
   std::vector<double> abs_sum;   // sum_t |x_tc|
   std::vector<double> sq_sum;    // sum_t x_tc^2
   std::vector<double> xtx;       // sum_t x_t x_t^T (k x k), only when collected
+  // sum_t r_t x_t^T (k x k), where r_t is the input the unquantized reference model feeds
+  // the same site on the same token; only from collect_paired_stats.
+  std::vector<double> rtx;
 
   void add(const float* x, int64_t m, int64_t k, bool with_hessian);
   std::vector<float> mean_abs() const;       // E|x_c|
   std::vector<float> second_moment() const;  // E[x_c^2]
   std::vector<float> hessian() const;        // E[x x^T] as fp32 (empty when not collected)
   bool has_hessian() const { return !xtx.empty(); }
+  void add_cross(const float* ref, const float* x, int64_t m, int64_t k);
+  std::vector<float> cross() const;          // E[r x^T] as fp32 (empty when not collected)
 };
 
 // The weight whose input site `weight` reads: k/v_proj -> q_proj, up_proj -> gate_proj,
@@ -52,6 +57,13 @@ struct CollectOptions {
 void collect_input_stats(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
                          const std::vector<std::vector<int32_t>>& windows, const CollectOptions& opts,
                          std::map<std::string, InputStats>& out);
+
+// collect_input_stats on `weights` (the partly quantized model), plus the cross moments
+// E[r x^T] against the unquantized `reference` on the same windows. The reference's inputs
+// for one window batch are held in memory while the same batch runs through `weights`.
+void collect_paired_stats(const ModelConfig& cfg, std::shared_ptr<const TensorStore> reference,
+                          std::shared_ptr<const TensorStore> weights, const std::vector<std::vector<int32_t>>& windows,
+                          const CollectOptions& opts, std::map<std::string, InputStats>& out);
 
 // Mean next-token NLL over `windows` (each scored like perplexity does).
 double calibration_nll(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,

@@ -4,6 +4,7 @@
 // factor of H^-1). Group parameters come from the clipping search (group_quant.h).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "quant/group_quant.h"
 
@@ -17,7 +18,15 @@ struct GptqOptions {
   // act_order); otherwise each group's parameters are chosen when its first column is
   // reached, from the already-compensated weights.
   bool static_groups = false;
+  // Rounds of group-parameter refinement after the GPTQ pass (refine.h): refit scales
+  // (and zeros) for the codes under the full H, re-round on the new grids, keep the
+  // better per row. 0 = plain GPTQ.
+  int refine = 0;
 };
+
+// In-place lower Cholesky factor of the n x n matrix a (row-major; the upper triangle
+// is zeroed). False if a is not positive definite.
+bool cholesky_lower(std::vector<double>& a, int64_t n);
 
 // w: rows x cols fp32; h: cols x cols E[x x^T] (symmetric). Multi-threaded.
 QuantizedWeight quantize_gptq(const float* w, int64_t rows, int64_t cols, const MatrixOptions& o, const float* h,

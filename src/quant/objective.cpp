@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "kernels/dispatch.h"
+#include "core/error.h"
+#include "quant/gptq.h"
 #include "quant/group_quant.h"
 
 namespace anybit::quant {
@@ -31,6 +33,49 @@ double output_error_of_delta(const float* delta, int64_t rows, int64_t cols, con
     for (int64_t i = 0; i < m * cols; ++i) e += double(delta[r0 * cols + i]) * double(y[size_t(i)]);
   }
   return e;
+}
+
+std::vector<float> reference_target_operator(const std::vector<float>& h, const std::vector<float>& cross,
+                                             int64_t n, double damp) {
+  if (h.size() != size_t(n * n) || cross.size() != size_t(n * n))
+    fail("reference target: statistics of {} and {} values for width {}", h.size(), cross.size(), n);
+  double mean_diag = 0.0;
+  for (int64_t i = 0; i < n; ++i) mean_diag += h[size_t(i * n + i)];
+  mean_diag = mean_diag > 0.0 ? mean_diag / double(n) : 1.0;
+  std::vector<double> a(size_t(n * n));
+  for (size_t i = 0; i < a.size(); ++i) a[i] = h[i];
+  for (int64_t i = 0; i < n; ++i) a[size_t(i * n + i)] += std::max(1e-6, damp) * mean_diag;
+  if (!cholesky_lower(a, n)) fail("reference target: the calibration Hessian is not positive definite");
+  // M^T = A^-1 (C - H)^T: column j of the right-hand side is row j of C - H.
+  std::vector<float> mt(size_t(n * n));
+#pragma omp parallel
+  {
+    std::vector<double> x(static_cast<size_t>(n));
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t i = 0; i < n; ++i) x[size_t(i)] = double(cross[size_t(j * n + i)]) - double(h[size_t(j * n + i)]);
+      for (int64_t i = 0; i < n; ++i) {  // L y = b
+        double s = x[size_t(i)];
+        for (int64_t k = 0; k < i; ++k) s -= a[size_t(i * n + k)] * x[size_t(k)];
+        x[size_t(i)] = s / a[size_t(i * n + i)];
+      }
+      for (int64_t i = n; i-- > 0;) {  // L^T x = y
+        double s = x[size_t(i)];
+        for (int64_t k = i + 1; k < n; ++k) s -= a[size_t(k * n + i)] * x[size_t(k)];
+        x[size_t(i)] = s / a[size_t(i * n + i)];
+      }
+      for (int64_t i = 0; i < n; ++i) mt[size_t(i * n + j)] = float(x[size_t(i)]);
+    }
+  }
+  return mt;
+}
+
+std::vector<float> apply_target_operator(const float* w, int64_t rows, int64_t cols, const std::vector<float>& mt) {
+  // y = W · (M^T)^T = W M through the matmul kernel, then W + W M.
+  std::vector<float> y(size_t(rows * cols));
+  matmul(w, rows, WeightMatrix{DType::F32, cols, cols, mt.data()}, y.data());
+  for (size_t i = 0; i < y.size(); ++i) y[i] += w[i];
+  return y;
 }
 
 double output_error(const float* w, const QuantizedWeight& q, const float* h) {

@@ -26,15 +26,21 @@ struct Matrix {
   std::string name;
   int64_t layer = -1;
   int64_t rows = 0, cols = 0;
-  int bits = 0;
+  int bits = 0, group = 128;
+  bool asym = false;
 };
 
 // Calibration statistics of one input site, in the forms the quantizers take.
 struct SiteStats {
   std::vector<float> mean_abs, second_moment, h;
+  std::vector<float> target_op;  // M^T of reference_target_operator; empty = quantize W itself
 };
 
-SiteStats site_stats(const InputStats& s) { return {s.mean_abs(), s.second_moment(), s.hessian()}; }
+SiteStats site_stats(const InputStats& s, double damp) {
+  SiteStats st{s.mean_abs(), s.second_moment(), s.hessian(), {}};
+  if (!s.rtx.empty() && !st.h.empty()) st.target_op = reference_target_operator(st.h, s.cross(), s.k, damp);
+  return st;
+}
 
 std::vector<float> matrix_f32(const TensorView& t) {
   if (t.shape.size() != 2) fail("tensor {} is not a matrix", t.name);
@@ -163,11 +169,11 @@ std::vector<std::string> layer_sites(int64_t l) {
           p + "mlp.down_proj.weight"};
 }
 
-MatrixOptions matrix_options(const QuantizeOptions& o, int bits) {
+MatrixOptions matrix_options(const QuantizeOptions& o, int bits, int group, bool asym) {
   MatrixOptions m;
   m.bits = bits;
-  m.group = o.group;
-  m.asym = o.asym;
+  m.group = group;
+  m.asym = asym;
   m.meta = o.scale_dtype;
   m.act_bits = o.act_bits;
   return m;
@@ -186,6 +192,10 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   if (method != "rtn" && method != "rtn-clip" && method != "awq" && method != "gptq" && method != "awq-gptq")
     fail("unknown quantizer '{}' (rtn, rtn-clip, awq, gptq, awq-gptq)", method);
   if (!calib && method != "rtn" && method != "rtn-clip") fail("quantizer {} needs calibration text (--calib)", method);
+  if (o.site_sequential && !(calib && o.sequential))
+    fail("--site-sequential needs sequential calibration (--calib, without --no-sequential)");
+  if (o.reference_target && !(calib && o.sequential))
+    fail("--reference-target needs sequential calibration (--calib, without --no-sequential)");
   if (o.target_bpw > 0.0 && !calib) fail("--target-bpw needs calibration text (--calib) to measure sensitivity");
   if (o.lm_head_bits != 0 && (o.lm_head_bits < 2 || o.lm_head_bits > 8))
     fail("--lm-head-bits must be 0 (keep) or 2..8 (got {})", o.lm_head_bits);
@@ -203,7 +213,9 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
       m.rows = t.shape[0];
       m.cols = t.shape[1];
       m.bits = o.bits;
-      check_matrix_options(matrix_options(o, o.bits), m.rows, m.cols, src.origin() + ": " + m.name);
+      m.group = o.group;
+      m.asym = o.asym;
+      check_matrix_options(matrix_options(o, o.bits, o.group, o.asym), m.rows, m.cols, src.origin() + ": " + m.name);
       mats.push_back(m);
     }
 
@@ -236,35 +248,63 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
     const size_t nsens = size_t(std::max<int64_t>(1, o.sensitivity_tokens / o.calib_ctx));
     std::vector<std::vector<int32_t>> sens(windows.begin(), windows.begin() + long(std::min(nsens, windows.size())));
     const double base = calibration_nll(cfg, in.weights, sens);
+    // Candidate formats: the widths at --group/--asym, or with mixed_formats every width at
+    // every group size that divides all rows, symmetric and asymmetric.
+    std::vector<AllocOption> fmts;
+    for (int b = o.min_bits; b <= o.max_bits; ++b) {
+      if (!o.mixed_formats) {
+        fmts.push_back({b, o.group, o.asym});
+        continue;
+      }
+      for (int g : {32, 64, 128}) {
+        bool fits = true;
+        for (const Matrix& m : mats) fits = fits && m.cols % g == 0;
+        if (fits)
+          for (bool a : {false, true}) fmts.push_back({b, g, a});
+      }
+    }
+    // The sensitivity reference: width floor(X) at --group/--asym.
+    int iref = -1;
+    for (size_t f = 0; f < fmts.size(); ++f)
+      if (fmts[f].bits == ref && fmts[f].group == o.group && fmts[f].asym == o.asym) iref = int(f);
+    if (iref < 0) fail("--target-bpw: group {} does not divide every matrix", o.group);
     std::vector<AllocItem> items(mats.size());
-    const int nw = o.max_bits - o.min_bits + 1;
+    const int nw = int(fmts.size());
     ProgressBar bar("sensitivity", o.progress);
     for (size_t i = 0; i < mats.size(); ++i) {
       const Matrix& m = mats[i];
-      const SiteStats st = site_stats(fp_shared->at(input_site(m.name)));
+      const SiteStats st = site_stats(fp_shared->at(input_site(m.name)), o.gptq.damp);
       const std::vector<float> w = matrix_f32(src.get(m.name));
       items[i].numel = m.rows * m.cols;
       items[i].cost.resize(size_t(nw));
       std::vector<double> err(static_cast<size_t>(nw));
       std::shared_ptr<std::vector<float>> ref_w;
-      for (int b = o.min_bits; b <= o.max_bits; ++b) {
-        const QuantizedWeight q = quantize_rtn(w.data(), m.rows, m.cols, matrix_options(o, b), st.second_moment.data());
-        err[size_t(b - o.min_bits)] = awq_objective(w.data(), q, st.second_moment, st.h.data());
-        if (b == ref) ref_w = std::make_shared<std::vector<float>>(effective_weight(q));
+      for (int f = 0; f < nw; ++f) {
+        const AllocOption& fo = fmts[size_t(f)];
+        const QuantizedWeight q = quantize_rtn(w.data(), m.rows, m.cols, matrix_options(o, fo.bits, fo.group, fo.asym),
+                                               st.second_moment.data());
+        err[size_t(f)] = awq_objective(w.data(), q, st.second_moment, st.h.data());
+        if (f == iref) ref_w = std::make_shared<std::vector<float>>(effective_weight(q));
       }
       const double loss = calibration_nll(cfg, with_replacements(in.weights, {{m.name, ref_w}}), sens) - base;
-      const double e_ref = err[size_t(ref - o.min_bits)];
+      const double e_ref = err[size_t(iref)];
       // A measured decrease is noise around zero: keep a small positive sensitivity.
       const double gain = e_ref > 0.0 ? std::max(loss, 1e-6) / e_ref : 0.0;
       for (int b = 0; b < nw; ++b) items[i].cost[size_t(b)] = gain * err[size_t(b)];
       bar.update(double(i + 1), double(mats.size()), " matrices");
     }
     bar.finish();
-    const AllocResult a = allocate_bits(items, o.min_bits, o.max_bits, o.group, o.asym, o.target_bpw);
-    for (size_t i = 0; i < mats.size(); ++i) mats[i].bits = a.bits[i];
+    const AllocResult a = allocate_formats(items, fmts, o.target_bpw);
+    for (size_t i = 0; i < mats.size(); ++i) {
+      const AllocOption& fo = fmts[size_t(a.choice[i])];
+      mats[i].bits = fo.bits;
+      mats[i].group = fo.group;
+      mats[i].asym = fo.asym;
+    }
     spdlog::info("mixed precision: {:.4f} bits per weight for target {}", a.bpw, o.target_bpw);
     res.summary["target_bpw"] = o.target_bpw;
     res.summary["sensitivity_reference_bits"] = ref;
+    res.summary["mixed_formats"] = o.mixed_formats;
     res.summary["sensitivity_base_nll"] = base;
   }
 
@@ -275,27 +315,41 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   std::map<std::string, std::shared_ptr<QuantizedWeight>> done;
   ProgressBar bar("quantizing", o.progress);
   size_t n_done = 0;
+  // Stages of the sequential pass: a whole layer, or with site_sequential each input site
+  // of it (attention input, o_proj input, MLP input, down_proj input), so that a site's
+  // statistics see the matrices before it in the same layer already quantized.
+  std::vector<std::vector<std::string>> stages;
   for (int64_t l = 0; l < cfg.n_layers; ++l) {
-    std::map<std::string, InputStats> layer_stats;
+    if (!o.site_sequential) stages.push_back(layer_sites(l));
+    else
+      for (const auto& site : layer_sites(l)) stages.push_back({site});
+  }
+  for (const auto& stage : stages) {
+    std::map<std::string, InputStats> stage_stats;
     const std::map<std::string, InputStats>* stats = nullptr;
-    if (calib && o.sequential && !(l == 0 && fp_shared)) {
+    if (calib && o.sequential && !(repl.empty() && fp_shared)) {
       CollectOptions co;
-      for (const auto& s : layer_sites(l)) co.sites.insert(s);
-      co.stop_after = layer_sites(l).back();
-      collect_input_stats(cfg, with_replacements(in.weights, repl), windows, co, layer_stats);
-      stats = &layer_stats;
+      co.sites.insert(stage.begin(), stage.end());
+      co.stop_after = stage.back();
+      // Before anything is quantized both models feed the same inputs: nothing to correct.
+      if (o.reference_target && !repl.empty())
+        collect_paired_stats(cfg, in.weights, with_replacements(in.weights, repl), windows, co, stage_stats);
+      else
+        collect_input_stats(cfg, with_replacements(in.weights, repl), windows, co, stage_stats);
+      stats = &stage_stats;
     } else if (calib) {
       collect_all();
       stats = fp_shared.get();
     }
     std::map<std::string, SiteStats> ss;
     if (stats)
-      for (const auto& s : layer_sites(l)) ss[s] = site_stats(stats->at(s));
+      for (const auto& s : stage) ss[s] = site_stats(stats->at(s), o.gptq.damp);
     for (const Matrix& m : mats) {
-      if (m.layer != l) continue;
-      const std::vector<float> w = matrix_f32(src.get(m.name));
+      if (std::find(stage.begin(), stage.end(), input_site(m.name)) == stage.end()) continue;
       const SiteStats* st = stats ? &ss.at(input_site(m.name)) : nullptr;
-      OneResult r = quantize_one(method, w, m.rows, m.cols, matrix_options(o, m.bits), st, o);
+      std::vector<float> w = matrix_f32(src.get(m.name));
+      if (st && !st->target_op.empty()) w = apply_target_operator(w.data(), m.rows, m.cols, st->target_op);
+      OneResult r = quantize_one(method, w, m.rows, m.cols, matrix_options(o, m.bits, m.group, m.asym), st, o);
       MatrixReport rep;
       rep.name = m.name;
       rep.bits = m.bits;
@@ -319,7 +373,7 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
     const TensorView* ht = src.find("lm_head.weight");
     if (!ht && cfg.tie_embeddings) ht = src.find("model.embed_tokens.weight");
     if (ht) {
-      MatrixOptions mo = matrix_options(o, o.lm_head_bits);
+      MatrixOptions mo = matrix_options(o, o.lm_head_bits, o.group, o.asym);
       mo.act_bits = o.act_bits;
       if (ht->shape.size() == 2 && ht->shape[1] % mo.group == 0) {
         const std::vector<float> w = matrix_f32(*ht);
@@ -348,7 +402,9 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   for (const auto& rep : res.matrices) {
     bits += double(rep.numel) * done.at(rep.name)->bits_per_weight();
     numel += rep.numel;
-    per[rep.name] = {{"bits", rep.bits}, {"quantizer", rep.quantizer}, {"awq_alpha", rep.alpha},
+    const QuantizedWeight& qd = *done.at(rep.name);
+    per[rep.name] = {{"bits", rep.bits},        {"group", qd.group},      {"sym", !qd.asymmetric},
+                     {"quantizer", rep.quantizer}, {"awq_alpha", rep.alpha},
                      {"relative_error", rep.rel_error}};
   }
   res.linear_bpw = numel ? bits / double(numel) : 0.0;
@@ -361,11 +417,14 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   s["scale_dtype"] = o.scale_dtype == DType::F16 ? "f16" : o.scale_dtype == DType::BF16 ? "bf16" : "f32";
   s["lm_head_bits"] = head ? o.lm_head_bits : 0;
   s["linear_bpw"] = res.linear_bpw;
+  if (method == "gptq" || method == "awq-gptq") s["gptq_refine"] = o.gptq.refine;
   if (calib) {
     s["calibration"] = {{"file", o.calib_origin},
                         {"tokens", int64_t(windows.size()) * o.calib_ctx},
                         {"window", o.calib_ctx},
-                        {"sequential", o.sequential}};
+                        {"sequential", o.sequential},
+                        {"reference_target", o.reference_target},
+                        {"site_sequential", o.site_sequential}};
   }
   s["matrices"] = per;
   return res;

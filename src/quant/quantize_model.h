@@ -33,9 +33,18 @@ struct QuantizeOptions {
   int64_t calib_ctx = 512;
   double target_bpw = 0.0;       // > 0: mixed precision
   int min_bits = 2, max_bits = 8;
+  // With target_bpw: choose each matrix's group size (32/64/128) and symmetry as well as
+  // its width, instead of using `group` and `asym` everywhere.
+  bool mixed_formats = false;
   int64_t sensitivity_tokens = 4096;
   int lm_head_bits = 8;          // 0 keeps lm_head as stored
   bool sequential = true;
+  // With sequential calibration: quantize each matrix toward the unquantized model's
+  // outputs on the same tokens rather than toward its own weights applied to the already
+  // quantized inputs (objective.h, reference_target_operator). Needs calibration.
+  bool reference_target = false;
+  // Sequential calibration per input site instead of per layer (GPTQ's "true sequential").
+  bool site_sequential = false;
   bool progress = true;
   int awq_grid = 10;
   GptqOptions gptq;
