@@ -4,6 +4,7 @@
 # device call (the machine keeps build outputs between back-to-back calls):
 #
 #   bench/cuda/vs-llamacpp.sh prepare LLAMA_SRC.tar.xz   # builds both, writes the GGUFs
+#                                                         # (SKIP_1B=1 / SKIP_8B=1: one shape only)
 #   bench/cuda/vs-llamacpp.sh run                         # the benchmarks, a table last
 #   bench/cuda/vs-llamacpp.sh serve                       # serving: anybit serve, llama-server,
 #                                                         # HF transformers (bench/serve/*.py)
@@ -45,7 +46,7 @@ prepare)
     cmake --build "$B" -j 6 --target ${ANYBIT_TARGETS:-anybit anybit_cuda_tests anybit_cuda_bench} >"$OUT/build.log" 2>&1
   echo "anybit build rc=$? $(( $(date +%s) - t0 )) s"
   mkdir -p "$G"
-  [[ -s $G/8b-f16.gguf ]] || "$B/anybit" convert --shape llama-8b --dtype f16 -o "$G/8b-f16.gguf" >"$OUT/convert.log" 2>&1
+  [[ -s $G/8b-f16.gguf || ${SKIP_8B:-0} = 1 ]] || "$B/anybit" convert --shape llama-8b --dtype f16 -o "$G/8b-f16.gguf" >"$OUT/convert.log" 2>&1
   [[ -s $G/1b-f16.gguf || ${SKIP_1B:-0} = 1 ]] || "$B/anybit" convert --shape llama-1b --dtype f16 -o "$G/1b-f16.gguf" >>"$OUT/convert.log" 2>&1
   echo "GGUFs written $(( $(date +%s) - t0 )) s: $(ls -s "$G" | tr '\n' ' ')"
   if [[ ${RUN_TESTS:-0} = 1 ]]; then  # the GPU tests, while llama.cpp still builds
@@ -55,7 +56,7 @@ prepare)
   wait $lpid
   cat "$OUT/llama-build.status"
   Q=$L/build/bin/llama-quantize
-  "$Q" "$G/8b-f16.gguf" "$G/8b-q4_k_m.gguf" Q4_K_M 16 >"$OUT/quantize.log" 2>&1
+  [[ ${SKIP_8B:-0} = 1 ]] || "$Q" "$G/8b-f16.gguf" "$G/8b-q4_k_m.gguf" Q4_K_M 16 >"$OUT/quantize.log" 2>&1
   [[ ${SKIP_1B:-0} = 1 ]] || "$Q" "$G/1b-f16.gguf" "$G/1b-q4_k_m.gguf" Q4_K_M 16 >>"$OUT/quantize.log" 2>&1
   echo "quantized $(( $(date +%s) - t0 )) s: $(ls -s "$G" | tr '\n' ' ')"
   ;;
