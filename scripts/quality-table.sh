@@ -12,7 +12,10 @@
 # of each window), so absolute values are not comparable, degradations are.
 # Results are cached in WORKDIR (delete a row's files to redo it); the table goes to stdout.
 # Environment: THREADS (2), CONFIGS (override the anybit list: "bits:group:calib ..." with
-# calib 0/1, or "mix:4.5"), LLAMA_TYPES ("Q8_0 Q6_K Q5_K_M Q4_K_M Q4_0 Q3_K_M Q2_K").
+# calib 0/1, or "mix:4.5"), LLAMA_TYPES ("Q8_0 Q6_K Q5_K_M Q4_K_M Q4_0 Q3_K_M Q2_K"),
+# QUANT_ARGS (extra `anybit quantize` arguments for every anybit row, e.g. "--refine 0
+# --reference-target 0" for the fourth session's calibrated quantizer; the calibrated rows
+# use the defaults otherwise: GPTQ toward the reference outputs with 3 refinement rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ANYBIT=$(realpath "${1:-build/anybit}")
@@ -66,7 +69,8 @@ for c in $CONFIGS; do
   out="$WORK/$name"
   if [ ! -s "$out/quantize.log" ] || ! grep -q "bits per weight" "$out/quantize.log"; then
     rm -rf "$out"
-    "$ANYBIT" quantize -m "$MODEL" -o "$out" "${args[@]}" 2>"$WORK/$name.quantize.log" >/dev/null ||
+    # shellcheck disable=SC2086 # QUANT_ARGS is a list of words
+    "$ANYBIT" quantize -m "$MODEL" -o "$out" "${args[@]}" ${QUANT_ARGS:-} 2>"$WORK/$name.quantize.log" >/dev/null ||
       { echo "| anybit | $label | FAILED: $(tail -1 "$WORK/$name.quantize.log") |"; continue; }
     cp "$WORK/$name.quantize.log" "$out/quantize.log"
   fi

@@ -22,6 +22,8 @@ struct QuantizeArgs {
   uint64_t rotate_seed = 1;
   quant::QuantizeOptions opts;
   bool sym = false, asym = false, no_sequential = false, act_order = true;
+  int reference_target = -1;  // -1: on exactly when calibrating sequentially
+  int refine = 3;
 };
 
 int run_quantize(QuantizeArgs& a) {
@@ -31,6 +33,12 @@ int run_quantize(QuantizeArgs& a) {
   // +81% -> +61%, W3 +10.1% -> +9.3%), so uniform widths that low default to asymmetric.
   o.asym = a.asym || (!a.sym && o.target_bpw <= 0.0 && o.bits <= 3);
   o.sequential = !a.no_sequential;
+  // With sequential calibration, matching the unquantized model's outputs is the default: it
+  // halves the W4/W3 degradation on tiny-llama (docs/QUANTIZATION.md, fifth session), and
+  // 3 refinement rounds take it further at twice GPTQ's time.
+  const bool seq_calib = !a.calib.empty() && o.sequential;
+  o.reference_target = a.reference_target < 0 ? seq_calib : a.reference_target != 0;
+  o.gptq.refine = a.refine;
   o.gptq.act_order = a.act_order;
   if (a.scale_dtype == "f16") o.scale_dtype = DType::F16;
   else if (a.scale_dtype == "bf16") o.scale_dtype = DType::BF16;
@@ -93,15 +101,16 @@ void register_quantize(CLI::App& app) {
   sub->add_option("--scale-dtype", a->scale_dtype, "On-disk scales and zeros: f16, bf16, f32");
   sub->add_flag("--no-sequential", a->no_sequential, "Calibrate every layer on the unquantized model");
   sub->add_option("--act-order", a->act_order, "GPTQ: round columns by decreasing activation energy (1/0)");
-  sub->add_flag("--reference-target", o.reference_target,
-                "Quantize each matrix toward the unquantized model's outputs on the calibration tokens, correcting "
-                "the error of the layers below (sequential calibration)");
+  sub->add_option("--reference-target", a->reference_target,
+                  "1/0: quantize each matrix toward the unquantized model's outputs on the calibration tokens, "
+                  "correcting the error of the layers below (default 1 with sequential calibration)")
+      ->check(CLI::Range(0, 1));
   sub->add_flag("--site-sequential", o.site_sequential,
                 "Calibrate each input site (attention, o_proj, MLP, down_proj inputs) after the matrices before it in "
                 "the same layer are quantized, not once per layer");
-  sub->add_option("--refine", o.gptq.refine,
+  sub->add_option("--refine", a->refine,
                   "GPTQ: rounds of refitting the group scales/zeros for the rounded codes under the full "
-                  "calibration Hessian, then re-rounding on the refitted grids (0 = off)")
+                  "calibration Hessian, then re-rounding on the refitted grids (default 3; 0 = off)")
       ->check(CLI::Range(0, 20));
   sub->add_option("--awq-grid", o.awq_grid, "AWQ: alpha grid points")->check(CLI::Range(1, 100));
   add_command(sub, [a] { return run_quantize(*a); });
