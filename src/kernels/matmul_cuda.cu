@@ -7,12 +7,13 @@
 // transform (RMSNorm or SiLU·mul) is applied while reading x, so decode needs no separate
 // norm / activation launches; x is tiny and stays in L1/L2.
 //
-// GEMM (m > 4: prefill, batched decode): for bf16 weights, cuBLAS on the tensor cores (inside
-// graph captures too, once reserve_gemm_workspace has sized the workspace) with the fp32
-// activations split into two bf16 terms (x = hi + lo, |x - hi - lo| <= 2^-17 |x|) stacked
-// as 2m columns of one GEMM, summed in the epilogue: bf16 x bf16 products are exact in
-// fp32, so the result keeps ~fp32 accuracy at tensor-core speed. Other dtypes (and bf16
-// when ANYBIT_CUDA_GEMM=simt) use a plain 64x64 tiled SIMT kernel in fp32.
+// GEMM (m > 4: prefill, batched decode): for bf16 and f16 weights, cuBLAS on the tensor
+// cores (inside graph captures too, once reserve_gemm_workspace has sized the workspace) with
+// the fp32 activations split into two terms of the weights' type (bf16: x = hi + lo,
+// |x - hi - lo| <= 2^-17 |x|; f16: see Split<__half>) stacked as 2m columns of one GEMM,
+// summed in the epilogue: 16-bit products are exact in fp32, so the result keeps ~fp32
+// accuracy at tensor-core speed. f32 weights (and everything when ANYBIT_CUDA_GEMM=simt) use
+// a plain 64x64 tiled SIMT kernel in fp32.
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -293,15 +294,40 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemvParams p) {
 }
 
 #ifdef ANYBIT_WITH_CUBLAS
-__global__ void split_bf16_kernel(const float* x, int64_t m, int64_t K, int64_t ldx, __nv_bfloat16* out) {
+// The 16-bit type of the split activations, matching the weights (cuBLAS multiplies one
+// type). f16 has 5 exponent bits: x is scaled by 2^-kF16Shift first (the GEMM's alpha undoes
+// it) and clamped to the f16 range, so |x| up to 2^20 is represented; below that the split
+// keeps about 2^-22 relative, with an absolute floor of 2^-20 where the terms turn subnormal.
+constexpr float kF16Shift = 16.0f;
+template <typename T>
+struct Split;
+template <>
+struct Split<__nv_bfloat16> {
+  static constexpr cudaDataType_t kType = CUDA_R_16BF;
+  static constexpr float kAlpha = 1.0f;
+  __device__ static void run(float v, __nv_bfloat16& hi, __nv_bfloat16& lo) {
+    hi = __float2bfloat16_rn(v);
+    lo = __float2bfloat16_rn(v - __bfloat162float(hi));
+  }
+};
+template <>
+struct Split<__half> {
+  static constexpr cudaDataType_t kType = CUDA_R_16F;
+  static constexpr float kAlpha = kF16Shift;
+  __device__ static void run(float v, __half& hi, __half& lo) {
+    v = fminf(65504.0f, fmaxf(-65504.0f, v * (1.0f / kF16Shift)));
+    hi = __float2half_rn(v);
+    lo = __float2half_rn(v - __half2float(hi));
+  }
+};
+
+template <typename T>
+__global__ void split_kernel(const float* x, int64_t m, int64_t K, int64_t ldx, T* out) {
   pdl_wait();
   const int64_t total = m * K;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e / K, c = e % K;
-    const float v = x[i * ldx + c];
-    const __nv_bfloat16 hi = __float2bfloat16_rn(v);
-    out[e] = hi;
-    out[total + e] = __float2bfloat16_rn(v - __bfloat162float(hi));
+    Split<T>::run(x[i * ldx + c], out[e], out[total + e]);
   }
 }
 
@@ -374,23 +400,25 @@ void cublas_check(cublasStatus_t st, const char* what) {
   if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS error {} in {}", int(st), what);
 }
 
-void gemm_split_bf16(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
+template <typename T>
+void gemm_split(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
   CublasState& st = cublas_state();
   const int64_t N = w.rows, K = w.cols;
   const int64_t chunk = std::min<int64_t>(a.m, kSplitChunk);
   grow_workspace(st, split_workspace_bytes(a.m, K, N), s);  // a no-op inside a capture (checked by gemm)
-  auto* xs = static_cast<__nv_bfloat16*>(st.ws);
+  auto* xs = static_cast<T*>(st.ws);
   float* c = reinterpret_cast<float*>(static_cast<char*>(st.ws) + (size_t(2 * chunk * K) * 2 + 255) / 256 * 256);
   cublas_check(cublasSetStream(st.handle, s), "cublasSetStream");
-  const float one = 1.0f, zero = 0.0f;
+  const float alpha = Split<T>::kAlpha, zero = 0.0f;
   for (int64_t i0 = 0; i0 < a.m; i0 += chunk) {
     const int64_t mm = std::min(chunk, a.m - i0);
     const unsigned g1 = unsigned(std::min<int64_t>((mm * K + 255) / 256, 8192));
-    split_bf16_kernel<<<g1, 256, 0, s>>>(a.x + i0 * a.ldx, mm, K, a.ldx, xs);
-    check_launch("split_bf16");
+    split_kernel<T><<<g1, 256, 0, s>>>(a.x + i0 * a.ldx, mm, K, a.ldx, xs);
+    check_launch("split_kernel");
     // Column-major view: C[N][2mm] = W^T-as-stored (K x N, op T) times X (K x 2mm).
-    cublas_check(cublasGemmEx(st.handle, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(2 * mm), int(K), &one, w.data, CUDA_R_16BF,
-                              int(K), xs, CUDA_R_16BF, int(K), &zero, c, CUDA_R_32F, int(N), CUBLAS_COMPUTE_32F,
+    cublas_check(cublasGemmEx(st.handle, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(2 * mm), int(K), &alpha, w.data,
+                              Split<T>::kType, int(K), xs, Split<T>::kType, int(K), &zero, c, CUDA_R_32F, int(N),
+                              CUBLAS_COMPUTE_32F,
                               CUBLAS_GEMM_DEFAULT),
                  "cublasGemmEx");
     const unsigned g2 = unsigned(std::min<int64_t>((mm * N + 255) / 256, 8192));
@@ -461,11 +489,12 @@ void gemm(const LinearArgs& a, const DeviceWeight& w, cudaStream_t s) {
 #ifdef ANYBIT_WITH_CUBLAS
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   check(cudaStreamIsCapturing(s, &cap), "cudaStreamIsCapturing");
-  if (w.dtype == DType::BF16 && a.m > kGemvMaxRows && tensor_core_gemm_enabled()) {
+  if ((w.dtype == DType::BF16 || w.dtype == DType::F16) && a.m > kGemvMaxRows && tensor_core_gemm_enabled()) {
     const CublasState& st = cublas_storage();
     if (cap == cudaStreamCaptureStatusNone ||
         (st.handle && split_workspace_bytes(a.m, w.cols, w.rows) <= st.ws_bytes)) {
-      gemm_split_bf16(a, w, s);
+      if (w.dtype == DType::BF16) gemm_split<__nv_bfloat16>(a, w, s);
+      else gemm_split<__half>(a, w, s);
       return;
     }
   }
