@@ -344,6 +344,73 @@ TEST(CudaAttention, TensorCoreDecodeMatchesReference) {
   EXPECT_THROW(cuda::attention_decode_mma(a, nullptr), Error);
 }
 
+// RoPE + KV write fused into the tensor-core decode kernel gives what the separate kernels
+// give: the same cache bytes and the same outputs.
+TEST(CudaAttention, FusedRopeDecodeMatchesSeparateKernels) {
+  ANYBIT_REQUIRE_CUDA();
+  const uint64_t seed = test::cuda_test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (DType dt : {DType::F16, DType::BF16, DType::I8})
+    for (int64_t hd : {64, 128})
+      for (int64_t split : {int64_t(0), int64_t(32)}) {
+        SCOPED_TRACE(fmt::format("{} hd {} split {}", dtype_name(dt), hd, split));
+        const ModelConfig c = attn_config(hd, 8, 2);
+        AttnFixture f(c, rng, 37, 300);
+        const std::vector<SequenceKV*> seqs = {&f.a, &f.b};
+        const int64_t qd = c.n_heads * hd, kvd = c.n_kv_heads * hd, ld = qd + 2 * kvd, T = 2;
+        const auto qkv = randn(rng, size_t(T * ld));
+        std::vector<int32_t> tok_pos, tok_seq = {0, 1}, slot, btab;
+        const int64_t MB = 300 / 16 + 2;
+        for (int s = 0; s < 2; ++s) {
+          const int64_t p = seqs[size_t(s)]->n_tokens - 1;
+          tok_pos.push_back(int32_t(p));
+          slot.push_back(int32_t(seqs[size_t(s)]->blocks[size_t(p / 16)] * 16 + p % 16));
+          for (int64_t bi = 0; bi < MB; ++bi)
+            btab.push_back(bi < int64_t(seqs[size_t(s)]->blocks.size()) ? seqs[size_t(s)]->blocks[size_t(bi)] : 0);
+        }
+        cuda::KVLayout lay = layout_of(c, 16, nullptr, dt);
+        const auto img = device_image(f.kv, lay);
+        const auto inv = rope_inv_freq(c);
+        DeviceArray<float> dinv(inv);
+        DeviceArray<int32_t> dpos(tok_pos), dseq(tok_seq), dslot(slot), dbt(btab);
+        const int64_t n_splits = split > 0 ? (300 + split - 1) / split : 1;
+        std::vector<float> out[2];
+        std::vector<uint8_t> cache[2];
+        for (int fused = 0; fused < 2; ++fused) {
+          DeviceArray<float> dqkv(qkv), dout(size_t(T * qd)), dpart(size_t(T * c.n_heads * n_splits * (hd + 2)));
+          DeviceArray<uint8_t> dkv(img);
+          dout.poison();
+          lay.base = dkv.get();
+          cuda::AttentionArgs a;
+          a.q = dqkv.get(), a.ldq = ld, a.out = dout.get(), a.ldo = qd, a.kv = lay, a.layer = 1;
+          a.n_heads = c.n_heads, a.scale = 1.0f / std::sqrt(float(hd)), a.n_tok = T, a.n_seq = 2;
+          a.tok_pos = dpos.get(), a.tok_seq = dseq.get(), a.block_tables = dbt.get(), a.max_blocks = MB;
+          a.partial = dpart.get(), a.n_splits = n_splits, a.split_len = split > 0 ? split : 300;
+          if (fused) {
+            a.rope_inv_freq = dinv.get(), a.slot = dslot.get();
+          } else {
+            cuda::RopeKVArgs r;
+            r.qkv = dqkv.get(), r.ld = ld, r.n_tok = T, r.n_heads = c.n_heads, r.pos = dpos.get(), r.slot = dslot.get();
+            r.inv_freq = dinv.get(), r.kv = lay, r.layer = 1;
+            cuda::rope_kv_write(r, nullptr);
+          }
+          cuda::attention_decode_mma(a, nullptr);
+          out[fused] = dout.download();
+          cache[fused] = dkv.download();
+        }
+        EXPECT_NE(cache[0], img) << "the new tokens were not written";
+        EXPECT_EQ(cache[1], cache[0]) << "the fused kernel wrote different cache bytes";
+        for (size_t i = 0; i < out[0].size(); ++i)
+          ASSERT_NEAR(out[1][i], out[0][i], 1e-5 * (1 + std::fabs(out[0][i]))) << "element " << i;
+      }
+  cuda::AttentionArgs a;  // the SIMT kernel refuses the fusion clearly
+  float dummy = 0.0f;
+  a.kv.dtype = DType::F32, a.kv.head_dim = 64, a.kv.block_size = 16, a.kv.n_kv_heads = 2, a.n_heads = 8, a.n_tok = 1;
+  a.rope_inv_freq = &dummy;
+  EXPECT_THROW(cuda::attention_decode_simt(a, nullptr), Error);
+}
+
 TEST(CudaAttention, PrefillMatchesReference) {
   ANYBIT_REQUIRE_CUDA();
   const uint64_t seed = test::cuda_test_seed();

@@ -328,6 +328,7 @@ void check_decode_args(const AttentionArgs& a) {
 void attention_decode_simt(const AttentionArgs& a, cudaStream_t s) {
   if (a.n_tok <= 0) return;
   check_decode_args(a);
+  if (a.rope_inv_freq) fail("CUDA attention_decode: fused RoPE needs the tensor-core kernel (f16/bf16/i8 cache)");
   switch (a.kv.dtype) {
     case DType::F16: launch_decode_simt<DType::F16>(a, s); break;
     case DType::BF16: launch_decode_simt<DType::BF16>(a, s); break;

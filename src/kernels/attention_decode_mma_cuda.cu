@@ -60,8 +60,32 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const Atte
   const unsigned char* kv = static_cast<const unsigned char*>(a.kv.base);
   const int64_t row_bytes = a.kv.row_bytes();
 
+  const float* qg = a.q + t * a.ldq + kvh * G * HD;  // the group's q rows
+  __shared__ float s_q[kAttnMaxGroup * HD], s_kv[2][HD];
+  if (a.rope_inv_freq) {  // fused RoPE: rotate the group's q; the block holding the new position writes its k, v
+    const float pos = float(n_ctx - 1);
+    constexpr int half = HD / 2;
+    for (int e = threadIdx.x; e < G * half; e += blockDim.x) {
+      const int gg = e / half, i = e % half;
+      rope_pair(&s_q[gg * HD + i], &s_q[gg * HD + i + half], qg[gg * HD + i], qg[gg * HD + i + half], pos,
+                a.rope_inv_freq[i]);
+    }
+    if (n_ctx - 1 >= lo && n_ctx - 1 < hi) {  // block-uniform
+      const float* krow = a.q + t * a.ldq + a.n_heads * HD + kvh * HD;
+      const float* vrow = krow + a.kv.n_kv_heads * HD;
+      for (int i = threadIdx.x; i < half; i += blockDim.x)
+        rope_pair(&s_kv[0][i], &s_kv[0][i + half], krow[i], krow[i + half], pos, a.rope_inv_freq[i]);
+      for (int i = threadIdx.x; i < HD; i += blockDim.x) s_kv[1][i] = vrow[i];
+      __syncthreads();
+      const int64_t slot = a.slot[t];
+      if (warp < 2) store_kv_row<Tiles::kDType>(a.kv, a.kv.head_offset(slot / bs, a.layer, warp, kvh), slot % bs, s_kv[warp], lane);
+      __threadfence();  // the new rows are in memory before this block's tile copies read them
+    }
+    __syncthreads();
+    qg = s_q;
+  }
   Tiles tiles;
-  tiles.init(a.q + t * a.ldq + (kvh * G + (g < G ? g : 0)) * HD, g < G, tq);
+  tiles.init(qg + (g < G ? g : 0) * HD, g < G, tq);
 
   unsigned char* const ring = smem + size_t(warp) * Tiles::kStages * Tiles::kStageBytes;
   auto issue = [&](int64_t li, int stage) {

@@ -85,6 +85,7 @@ __device__ __forceinline__ uint32_t i8pair_to_f16x2(uint32_t x, uint32_t y, uint
 template <DType D, int HD>
 struct HalfTiles {
   using Ops = MmaOps<D>;
+  static constexpr DType kDType = D;
   static constexpr int KS = HD / 16;          // 16-column steps over head_dim
   static constexpr int RS = (HD + 8) * 2;     // staged row stride, bytes
   static constexpr int kStageBytes = 2 * kTile * RS;
@@ -166,6 +167,7 @@ template <int HD>
 struct Int8Tiles {
   static_assert(HD == 64 || HD == 128, "int8 tiles: head_dim 64 or 128");
   using Ops = MmaOps<DType::F16>;
+  static constexpr DType kDType = DType::I8;
   static constexpr int KS = HD / 16;
   static constexpr int RSK = HD + 32, RSV = HD + 16;
   static constexpr int kScales = kTile * (RSK + RSV);

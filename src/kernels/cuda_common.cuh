@@ -120,6 +120,36 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Stores one row of head_dim fp32 values as the cache's dtype; int8 rows get their own
+// scale (max|x| / 127, codes rounded to nearest). One warp per row.
+template <DType D>
+__device__ void store_kv_row(const KVLayout& c, int64_t head_off, int64_t slot, const float* x, int lane) {
+  unsigned char* h = static_cast<unsigned char*>(c.base) + head_off;
+  unsigned char* row = h + slot * c.row_bytes();
+  const int64_t hd = c.head_dim;
+  if constexpr (D == DType::I8) {
+    float mx = 0.0f;
+    for (int64_t d = lane; d < hd; d += 32) mx = fmaxf(mx, fabsf(x[d]));
+    mx = warp_max(mx);
+    const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+    for (int64_t d = lane; d < hd; d += 32)
+      reinterpret_cast<int8_t*>(row)[d] = int8_t(fminf(127.0f, fmaxf(-127.0f, rintf(x[d] * inv))));
+    if (lane == 0) reinterpret_cast<float*>(h + c.block_size * c.row_bytes())[slot] = mx / 127.0f;
+  } else {
+    for (int64_t d = lane; d < hd; d += 32) Elt<D>::store(row, d, x[d]);
+  }
+}
+
+// RoPE of one (i, i + half) pair: the angle is the fp32 product pos * inv_freq, as on the
+// CPU, and its cos/sin are taken in double so both backends agree to the last bit there.
+__device__ __forceinline__ void rope_pair(float* o0, float* o1, float x0, float x1, float pos, float inv_freq) {
+  double sn, cs;
+  sincos(double(pos * inv_freq), &sn, &cs);
+  *o0 = x0 * float(cs) - x1 * float(sn);
+  *o1 = x1 * float(cs) + x0 * float(sn);
+}
+
+
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
 inline unsigned blocks_for(int64_t n, int64_t per) { return unsigned((n + per - 1) / per); }

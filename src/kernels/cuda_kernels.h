@@ -193,6 +193,11 @@ struct AttentionArgs {
   // decode (split-KV): workspace of n_tok * n_heads * n_splits * (head_dim + 2) floats
   float* partial = nullptr;
   int64_t n_splits = 1, split_len = 0;
+  // Optional, tensor-core decode only (attention_decode_mma_supported): RoPE and the KV-cache
+  // write of each row's own token fused in, so rope_kv_write is not run. q rows are then the
+  // un-rotated fused rows [q | k | v] (ldq apart), slot[t] the token's cache slot.
+  const float* rope_inv_freq = nullptr;  // [head_dim / 2]; non-null turns the fusion on
+  const int32_t* slot = nullptr;
 };
 // One query per row, any number of rows; the context of row t is [0, tok_pos[t]].
 // Each (row, kv head, split) is one block covering all the query heads of that kv head.

@@ -8,26 +8,6 @@
 namespace anybit::cuda {
 namespace {
 
-// Stores one row of head_dim fp32 values as the cache's dtype; int8 rows get their own
-// scale (max|x| / 127, codes rounded to nearest). One warp per row.
-template <DType D>
-__device__ void store_row(const KVLayout& c, int64_t head_off, int64_t slot, const float* x, int lane) {
-  unsigned char* h = static_cast<unsigned char*>(c.base) + head_off;
-  unsigned char* row = h + slot * c.row_bytes();
-  const int64_t hd = c.head_dim;
-  if constexpr (D == DType::I8) {
-    float mx = 0.0f;
-    for (int64_t d = lane; d < hd; d += 32) mx = fmaxf(mx, fabsf(x[d]));
-    mx = detail::warp_max(mx);
-    const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
-    for (int64_t d = lane; d < hd; d += 32)
-      reinterpret_cast<int8_t*>(row)[d] = int8_t(fminf(127.0f, fmaxf(-127.0f, rintf(x[d] * inv))));
-    if (lane == 0) reinterpret_cast<float*>(h + c.block_size * c.row_bytes())[slot] = mx / 127.0f;
-  } else {
-    for (int64_t d = lane; d < hd; d += 32) detail::Elt<D>::store(row, d, x[d]);
-  }
-}
-
 template <DType D>
 __global__ void rope_kv_kernel(const RopeKVArgs a) {
   detail::pdl_wait();
@@ -39,12 +19,8 @@ __global__ void rope_kv_kernel(const RopeKVArgs a) {
   const int64_t pairs = (a.n_heads + nkv) * half;
   for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
     const int64_t h = p / half, i = p % half;
-    double sn, cs;
-    sincos(double(pos * a.inv_freq[i]), &sn, &cs);
     float* v = row + h * hd;  // q heads then k heads are contiguous in the row
-    const float x0 = v[i], x1 = v[i + half];
-    v[i] = x0 * float(cs) - x1 * float(sn);
-    v[i + half] = x1 * float(cs) + x0 * float(sn);
+    detail::rope_pair(v + i, v + i + half, v[i], v[i + half], pos, a.inv_freq[i]);
   }
   __syncthreads();  // the rotated k heads are read back by other warps
   // Rows [q heads | k heads | v heads]: the kv heads' k then v rows go to the cache slot.
@@ -52,7 +28,7 @@ __global__ void rope_kv_kernel(const RopeKVArgs a) {
   const int64_t block = slot / a.kv.block_size, off = slot % a.kv.block_size;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   for (int64_t w = warp; w < 2 * nkv; w += warps)
-    store_row<D>(a.kv, a.kv.head_offset(block, a.layer, int(w / nkv), w % nkv), off,
+    detail::store_kv_row<D>(a.kv, a.kv.head_offset(block, a.layer, int(w / nkv), w % nkv), off,
                  row + (a.n_heads + w) * hd, lane);
 }
 

@@ -87,6 +87,16 @@ void LlamaCudaModel::clear_graphs() {
   graphs_.clear();
 }
 
+namespace {
+bool fused_rope_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("ANYBIT_CUDA_FUSED_ROPE");
+    return !(e && e[0] == '0');
+  }();
+  return on;
+}
+}  // namespace
+
 void LlamaCudaModel::set_kv_dtype(DType dtype) {
   cuda::check_kv_dtype(dtype, "set_kv_dtype");
   if (dtype == kv_dtype_) return;
@@ -210,6 +220,11 @@ void LlamaCudaModel::enqueue(const Meta& m) {
   rk.qkv = qkv_, rk.ld = QKV, rk.n_tok = T, rk.n_heads = c.n_heads, rk.pos = md + m.pos, rk.slot = md + m.slot;
   rk.inv_freq = inv_freq_, rk.kv = kv_layout_;
 
+  // Decode calls on the tensor-core attention fold RoPE and the KV write into it (one kernel
+  // less per layer; ANYBIT_CUDA_FUSED_ROPE=0 keeps them apart).
+  const bool fuse_rope = m.max_nq == 1 && attention_decode_mma_supported(at) && fused_rope_enabled();
+  if (fuse_rope) at.rope_inv_freq = inv_freq_, at.slot = md + m.slot;
+
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const Layer& L = layers_[size_t(l)];
     if (fused) {
@@ -219,7 +234,7 @@ void LlamaCudaModel::enqueue(const Meta& m) {
       lin(xn_, H, InputOp::None, nullptr, false, qkv_, QKV, L.qkv, T);
     }
     rk.layer = l;
-    rope_kv_write(rk, stream_);
+    if (!fuse_rope) rope_kv_write(rk, stream_);
     at.layer = l;
     if (m.max_nq == 1) attention_decode(at, stream_);
     else attention_prefill(at, stream_);
