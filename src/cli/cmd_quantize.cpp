@@ -87,7 +87,7 @@ void register_quantize(CLI::App& app) {
                 "the weights: same architecture, outlier channels spread out)");
   sub->add_option("--rotate-seed", a->rotate_seed, "Seed of the --rotate matrix");
   sub->add_option("--calib", a->calib, "Calibration text file (never the evaluation text)");
-  sub->add_option("--calib-tokens", o.calib_tokens, "Calibration tokens to use")->check(CLI::PositiveNumber);
+  sub->add_option("--calib-tokens", o.calib_tokens, "Calibration tokens to use (default 131072; fewer if the text is shorter)")->check(CLI::PositiveNumber);
   sub->add_option("--calib-ctx", o.calib_ctx, "Calibration window length")->check(CLI::Range(int64_t(16), int64_t(1) << 20));
   sub->add_option("--quantizer", o.method, "auto, rtn, rtn-clip, awq, gptq, awq-gptq (auto: gptq with --calib, else rtn-clip)");
   sub->add_option("--target-bpw", o.target_bpw, "Mixed precision: average bits per weight of the linear layers");
