@@ -31,6 +31,19 @@ bool cholesky_lower(std::vector<double>& a, int64_t n) {
   return true;
 }
 
+void cholesky_solve(const std::vector<double>& l, double* b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {  // L y = b
+    double s = b[i];
+    for (int64_t k = 0; k < i; ++k) s -= l[size_t(i * n + k)] * b[k];
+    b[i] = s / l[size_t(i * n + i)];
+  }
+  for (int64_t i = n; i-- > 0;) {  // L^T x = y
+    double s = b[i];
+    for (int64_t k = i + 1; k < n; ++k) s -= l[size_t(k * n + i)] * b[k];
+    b[i] = s / l[size_t(i * n + i)];
+  }
+}
+
 namespace {
 
 // Upper factor U with U^T U = H^-1, from H (n x n). False if H is not PD.

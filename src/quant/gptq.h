@@ -27,6 +27,8 @@ struct GptqOptions {
 // In-place lower Cholesky factor of the n x n matrix a (row-major; the upper triangle
 // is zeroed). False if a is not positive definite.
 bool cholesky_lower(std::vector<double>& a, int64_t n);
+// Solves L L^T x = b in place (x returned in b, n values) with l from cholesky_lower.
+void cholesky_solve(const std::vector<double>& l, double* b, int64_t n);
 
 // w: rows x cols fp32; h: cols x cols E[x x^T] (symmetric). Multi-threaded.
 QuantizedWeight quantize_gptq(const float* w, int64_t rows, int64_t cols, const MatrixOptions& o, const float* h,

@@ -54,16 +54,7 @@ std::vector<float> reference_target_operator(const std::vector<float>& h, const 
 #pragma omp for schedule(dynamic, 8)
     for (int64_t j = 0; j < n; ++j) {
       for (int64_t i = 0; i < n; ++i) x[size_t(i)] = double(cross[size_t(j * n + i)]) - double(h[size_t(j * n + i)]);
-      for (int64_t i = 0; i < n; ++i) {  // L y = b
-        double s = x[size_t(i)];
-        for (int64_t k = 0; k < i; ++k) s -= a[size_t(i * n + k)] * x[size_t(k)];
-        x[size_t(i)] = s / a[size_t(i * n + i)];
-      }
-      for (int64_t i = n; i-- > 0;) {  // L^T x = y
-        double s = x[size_t(i)];
-        for (int64_t k = i + 1; k < n; ++k) s -= a[size_t(k * n + i)] * x[size_t(k)];
-        x[size_t(i)] = s / a[size_t(i * n + i)];
-      }
+      cholesky_solve(a, x.data(), n);
       for (int64_t i = 0; i < n; ++i) mt[size_t(i * n + j)] = float(x[size_t(i)]);
     }
   }

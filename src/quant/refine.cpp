@@ -14,16 +14,7 @@ namespace {
 // b). False when a is not positive definite.
 bool solve_spd(std::vector<double>& a, std::vector<double>& b, int64_t n) {
   if (!cholesky_lower(a, n)) return false;
-  for (int64_t i = 0; i < n; ++i) {  // L y = b
-    double s = b[size_t(i)];
-    for (int64_t k = 0; k < i; ++k) s -= a[size_t(i * n + k)] * b[size_t(k)];
-    b[size_t(i)] = s / a[size_t(i * n + i)];
-  }
-  for (int64_t i = n; i-- > 0;) {  // L^T x = y
-    double s = b[size_t(i)];
-    for (int64_t k = i + 1; k < n; ++k) s -= a[size_t(k * n + i)] * b[size_t(k)];
-    b[size_t(i)] = s / a[size_t(i * n + i)];
-  }
+  cholesky_solve(a, b.data(), n);
   return true;
 }
 
