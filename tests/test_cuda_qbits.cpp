@@ -415,9 +415,12 @@ TEST(CudaQbits, RefusesUnsupportedArguments) {
   EXPECT_THROW(cuda::gemv_qbits(a, w.dev.w, nullptr), Error);  // odd N
   a.silu_pairs = false, a.op = cuda::InputOp::RmsNorm, a.norm_w = nullptr;
   EXPECT_THROW(cuda::gemv_qbits(a, w.dev.w, nullptr), Error);  // no norm weight
+  // W*A8 weights run a8_qbits (test_cuda_qbits_a8.cpp); the A16 GEMV refuses them.
   test::QSpec s8 = s;
   s8.act_bits = 8;
-  EXPECT_THROW(pack_qbits_for_gpu(test::random_qweight(s8, rng)), Error);  // W*A8 is CPU-only
+  const Weight w8(test::random_qweight(s8, rng));
+  a.silu_pairs = false, a.op = cuda::InputOp::None;
+  EXPECT_THROW(cuda::gemv_qbits(a, w8.dev.w, nullptr), Error);
 }
 
 }  // namespace

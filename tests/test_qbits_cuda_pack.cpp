@@ -137,7 +137,12 @@ TEST(QbitsCudaPack, MalformedWeightsThrow) {
   };
   expect_fail("bits 1", [](QuantizedWeight& w) { w.bits = 1; });
   expect_fail("bits 9", [](QuantizedWeight& w) { w.bits = 9; });
-  expect_fail("act_bits 8", [](QuantizedWeight& w) { w.act_bits = 8; });
+  expect_fail("act_bits 4", [](QuantizedWeight& w) { w.act_bits = 4; });
+  {
+    QuantizedWeight w = good;
+    w.act_bits = 8;  // W*A8: packed like any other weight, act_bits carried along
+    EXPECT_EQ(pack_qbits_for_gpu(w).act_bits, 8);
+  }
   expect_fail("no rows", [](QuantizedWeight& w) { w.rows = 0; });
   expect_fail("group 48", [](QuantizedWeight& w) { w.group = 48; });
   expect_fail("group does not divide cols", [](QuantizedWeight& w) { w.group = 96; });

@@ -28,7 +28,7 @@ using namespace anybit;
 using namespace anybit::cuda;
 using namespace anybit::cuda::bench;
 
-// `anybit_cuda_bench attention` runs only the attention section.
+// `anybit_cuda_bench attention|a8|sampling` runs only that section.
 int main(int argc, char** argv) {
   if (device_count() == 0) {
     std::printf("no CUDA device\n");
@@ -51,8 +51,14 @@ int main(int argc, char** argv) {
 
   std::printf("| kernel | shape | median us | GB/s | %% of copy |\n|---|---|---|---|---|\n");
   std::printf("| D2D copy | 1 GiB | %.1f | %.0f | 100 |\n", copy_us, copy_gbs);
-  if (argc > 1 && std::string(argv[1]) == "attention") {
+  const std::string only = argc > 1 ? argv[1] : "";
+  if (only == "attention") {
     bench_attention(copy_gbs, rng);
+    return 0;
+  }
+  if (only == "a8" || only == "sampling") {
+    if (only == "a8") bench_a8(rng);
+    else bench_sampling(rng);
     return 0;
   }
 

@@ -89,5 +89,8 @@ inline void* random_device_bytes(size_t bytes, DType t, std::mt19937_64& rng) {
 
 // Runs the attention section (bench_attention.cpp).
 void bench_attention(double copy_gbs, std::mt19937_64& rng);
+// The W*A8 and sampling sections (bench_a8_sampling.cpp).
+void bench_a8(std::mt19937_64& rng);
+void bench_sampling(std::mt19937_64& rng);
 
 }  // namespace anybit::cuda::bench

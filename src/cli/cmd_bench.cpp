@@ -25,6 +25,7 @@ struct BenchArgs {
   int64_t p = 64, n = 32;
   int reps = 5;
   int bits = 0, group = 128;  // --bits: a random any-bit (QBITS) model of --shape
+  int act_bits = 0;           // --act-bits 8: its matrices W*A8
 };
 
 double median(std::vector<double> v) {
@@ -41,7 +42,7 @@ int run_bench(const BenchArgs& a) {
   o.max_context = std::max<int64_t>(a.p, a.n + 1) + 16;
   std::string name;
   if (!a.shape.empty() && a.bits > 0) {
-    engine = std::make_unique<Engine>(make_random_qbits_model(named_shape(a.shape), a.bits, a.group, 1234), o);
+    engine = std::make_unique<Engine>(make_random_qbits_model(named_shape(a.shape), a.bits, a.group, 1234, a.act_bits), o);
     name = a.shape + " (random)";
   } else if (!a.shape.empty()) {
     engine = std::make_unique<Engine>(make_random_model(named_shape(a.shape), parse_float_dtype(a.dtype), 1234), o);
@@ -65,13 +66,19 @@ int run_bench(const BenchArgs& a) {
   for (const auto& [tname, t] : engine->files().weights->all())
     if (t.dtype == DType::QBITS && t.data) {
       const auto& q = *static_cast<const QuantizedWeight*>(t.data);
-      label = "q" + std::to_string(q.bits) + "g" + std::to_string(q.group);
+      label = "q" + std::to_string(q.bits) + "g" + std::to_string(q.group) + (q.act_bits == 8 ? "a8" : "");
       const int64_t pm = std::max<int64_t>(a.p, 1);
       // The CPU names come from its measured kernel choice; the GPU has one path per batch size.
       const bool gpu = engine->device() == Device::Cuda;
-      const std::string tg_kernel = gpu ? fmt::format("cuda gemv_qbits w{}a16", q.bits) : qbits_kernel_name(q, 1);
-      const std::string pp_kernel = gpu ? (pm <= 4 ? tg_kernel : std::string("cuda dequantize to bf16 + gemm"))
-                                        : qbits_kernel_name(q, pm);
+      const bool a8 = q.act_bits == 8;
+      const std::string tg_kernel = !gpu ? qbits_kernel_name(q, 1)
+                                    : a8 ? fmt::format("cuda a8_qbits w{}a8 (int8 mma)", q.bits)
+                                         : fmt::format("cuda gemv_qbits w{}a16", q.bits);
+      const std::string pp_kernel = !gpu     ? qbits_kernel_name(q, pm)
+                                    : a8     ? tg_kernel
+                                    : pm <= 4 ? tg_kernel
+                                    : pm <= 64 ? fmt::format("cuda mma_qbits w{}a16", q.bits)
+                                               : std::string("cuda dequantize to bf16 + gemm");
       qbits_line = fmt::format("qbits: {} bits, group {}, {}: {:.3f} bits per weight; kernel tg (m=1): {}, pp (m={}): {}",
                                q.bits, q.group, q.asymmetric ? "asymmetric" : "symmetric", q.bits_per_weight(), tg_kernel,
                                pm, pp_kernel);
@@ -137,6 +144,8 @@ void register_bench(CLI::App& app) {
   sub->add_option("-r,--repetitions", a->reps, "Repetitions")->check(CLI::Range(1, 1000));
   sub->add_option("--bits", a->bits, "Random any-bit model of --shape with this many bits per weight (2..8)")
       ->check(CLI::Range(2, 8));
+  sub->add_option("--act-bits", a->act_bits, "With --bits: 8 = int8 activations per token (W*A8)")
+      ->check(CLI::IsMember({0, 8}));
   sub->add_option("--group", a->group, "Group size of --bits (32, 64, 128)")->check(CLI::IsMember({32, 64, 128}));
   add_command(sub, [a] { return run_bench(*a); });
 }

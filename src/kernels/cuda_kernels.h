@@ -86,6 +86,7 @@ void reserve_gemm_workspace(int64_t m, int64_t K, int64_t N, cudaStream_t s);
 struct QbitsDeviceWeight {
   int64_t rows = 0, cols = 0;  // N outputs, K inputs
   int bits = 0, group = 0;
+  int act_bits = 0;  // 8: int8 activations per token (W*A8, a8_qbits); 0: fp activations
   bool asymmetric = false;
   bool scales_f16 = false, zeros_f16 = false;  // else fp32
   const uint8_t* planes[3] = {nullptr, nullptr, nullptr};  // planes per qbits_plane_split(bits)
@@ -121,8 +122,16 @@ void gemm_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, 
 constexpr int64_t kMmaMaxRows = 64;
 size_t qbits_mma_scratch_bytes(const QbitsDeviceWeight& w);
 void mma_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);
-// gemv_qbits for m <= kGemvMaxRows, mma_qbits up to kMmaMaxRows, else gemm_qbits (op must
-// then be None). `scratch` holds qbits_scratch_bytes(w), which covers both.
+// W*A8 (act_bits 8, src/kernels/matmul_qbits_a8_cuda.cu), any m: each token row of op(x) *
+// (1/input_scale) quantized to int8 with one scale (the scalar reference's semantics), then the
+// integer tensor-core GEMM on the packed codes. Same LinearArgs semantics as gemv_qbits (every
+// op, bias, accumulate, SiLU pairs). `scratch` holds qbits_scratch_bytes(w) bytes (256-byte
+// aligned). Graph-capturable. The A16 entry points above refuse act_bits 8 weights.
+size_t qbits_a8_scratch_bytes(const QbitsDeviceWeight& w);
+void a8_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);
+// a8_qbits for act_bits 8; else gemv_qbits for m <= kGemvMaxRows, mma_qbits up to
+// kMmaMaxRows, else gemm_qbits (op must then be None). `scratch` holds
+// qbits_scratch_bytes(w), which covers every path.
 void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);
 
 void rmsnorm(const float* x, int64_t ldx, const float* w, int64_t m, int64_t n, float eps, float* out,

@@ -458,6 +458,11 @@ void check_weight(const QbitsDeviceWeight& w) {
   if (!w.scales || (w.asymmetric && !w.zeros)) fail("CUDA gemv_qbits: scales or zeros missing");
 }
 
+void check_a16(const QbitsDeviceWeight& w, const char* what) {
+  if (w.act_bits != 0)
+    fail("CUDA {}: the weight has act_bits {} (int8 activations): run it with a8_qbits / linear_qbits", what, w.act_bits);
+}
+
 // The weight's part of the kernel parameters (shared by the GEMV and the dequantizer).
 QParams weight_params(const QbitsDeviceWeight& w) {
   QParams p{};
@@ -560,6 +565,7 @@ QbitsDeviceAlloc upload_qbits(const QbitsGpuPack& p) {
   };
   QbitsDeviceWeight& w = a.w;
   w.rows = p.rows, w.cols = p.cols, w.bits = p.bits, w.group = p.group, w.asymmetric = p.asymmetric;
+  w.act_bits = p.act_bits;
   w.scales_f16 = p.scales_f16, w.zeros_f16 = p.zeros_f16;
   for (int q = 0; q < np; ++q) {
     put(off[q], p.planes[q].data(), p.planes[q].size());
@@ -587,6 +593,7 @@ void free_qbits(QbitsDeviceAlloc& a) {
 void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s) {
   if (a.m <= 0) return;
   check_weight(w);
+  check_a16(w, "gemv_qbits");
   if (!a.x || !a.y) fail("CUDA gemv_qbits: x or y is null");
   if (!aligned(a.x, 8) || a.ldx % 2 != 0)
     fail("CUDA gemv_qbits: x must be 8-byte aligned with an even ldx (ldx = {})", a.ldx);
@@ -613,12 +620,14 @@ void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s)
 }
 
 size_t qbits_scratch_bytes(const QbitsDeviceWeight& w) {
-  return std::max(size_t(w.rows) * size_t(w.cols) * 2, qbits_mma_scratch_bytes(w));
+  return std::max({size_t(w.rows) * size_t(w.cols) * 2, qbits_mma_scratch_bytes(w),
+                   w.act_bits == 8 ? qbits_a8_scratch_bytes(w) : size_t(0)});
 }
 
 void gemm_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s) {
   if (a.m <= 0) return;
   check_weight(w);
+  check_a16(w, "gemm_qbits");
   if (!scratch || !aligned(scratch, 256)) fail("CUDA gemm_qbits: scratch missing or not 256-byte aligned");
   if (a.op != InputOp::None || a.silu_pairs) fail("CUDA gemm_qbits: the GEMM path takes op None without SiLU pairs");
   const QParams p = weight_params(w);
@@ -644,7 +653,8 @@ void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch
     const char* e = std::getenv("ANYBIT_QBITS_MMA");
     return !(e && std::string(e) == "0");
   }();
-  if (a.m <= kGemvMaxRows) gemv_qbits(a, w, s);
+  if (w.act_bits == 8) a8_qbits(a, w, scratch, s);
+  else if (a.m <= kGemvMaxRows) gemv_qbits(a, w, s);
   else if (mma && a.m <= kMmaMaxRows) mma_qbits(a, w, scratch, s);
   else gemm_qbits(a, w, scratch, s);
 }

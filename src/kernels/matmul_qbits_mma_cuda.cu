@@ -252,6 +252,7 @@ size_t qbits_mma_scratch_bytes(const QbitsDeviceWeight& w) {
 void mma_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s) {
   if (a.m <= 0) return;
   check_weight(w);
+  check_a16(w, "mma_qbits");
   if (a.m > kMmaMaxRows) fail("CUDA mma_qbits: m = {} exceeds {}", a.m, kMmaMaxRows);
   if (a.op != InputOp::None || a.silu_pairs) fail("CUDA mma_qbits: takes op None without SiLU pairs");
   if (!a.x || !a.y || a.ldx < w.cols || a.ldy < w.rows) fail("CUDA mma_qbits: bad x / y (ldx {}, ldy {})", a.ldx, a.ldy);

@@ -112,5 +112,7 @@ __device__ __forceinline__ void load_chunk(const QParams& p, int64_t row, int64_
 // QBITS kernel entry point makes.
 QParams weight_params(const QbitsDeviceWeight& w);
 void check_weight(const QbitsDeviceWeight& w);
+// The fp-activation (A16) kernels refuse act_bits 8 weights, naming the entry point.
+void check_a16(const QbitsDeviceWeight& w, const char* what);
 
 }  // namespace anybit::cuda::qdetail

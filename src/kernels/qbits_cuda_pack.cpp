@@ -34,9 +34,7 @@ void pack_meta(const std::vector<float>& src, bool& as_f16, std::vector<uint16_t
 
 void validate(const QuantizedWeight& w) {
   if (w.bits < 2 || w.bits > 8) fail("QBITS (CUDA): bit width {} is not supported (2..8)", w.bits);
-  if (w.act_bits != 0)
-    fail("QBITS (CUDA): act_bits {} (int8 activations) is not supported on the GPU; only fp32 activations (act_bits 0)",
-         w.act_bits);
+  if (w.act_bits != 0 && w.act_bits != 8) fail("QBITS (CUDA): act_bits {} is not 0 or 8", w.act_bits);
   if (w.rows <= 0 || w.cols <= 0) fail("QBITS (CUDA): empty weight ({} x {})", w.rows, w.cols);
   if (w.cols % 32 != 0)
     fail("QBITS (CUDA): cols = {} is not a multiple of 32 (the GPU layout works in 32-column chunks)", w.cols);
@@ -104,6 +102,7 @@ QbitsGpuPack pack_qbits_for_gpu(const QuantizedWeight& w) {
   validate(w);
   QbitsGpuPack p;
   p.bits = w.bits, p.group = w.group, p.asymmetric = w.asymmetric, p.rows = w.rows, p.cols = w.cols;
+  p.act_bits = w.act_bits;
   qbits_plane_split(w.bits, p.n_planes, p.width, p.shift);
   for (int q = 0; q < p.n_planes; ++q) p.planes[q].assign(p.plane_bytes(q), 0);
 

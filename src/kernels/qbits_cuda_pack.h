@@ -34,6 +34,7 @@ namespace anybit {
 
 struct QbitsGpuPack {
   int bits = 0, group = 0;
+  int act_bits = 0;  // 0 or 8 (int8 activations per token: the W*A8 kernel)
   bool asymmetric = false;
   int64_t rows = 0, cols = 0;
   int n_planes = 0;
@@ -66,8 +67,7 @@ int64_t plane_bit(int width, int64_t cols, int64_t r, int64_t c);
 void qbits_plane_split(int bits, int& n_planes, int* width, int* shift);
 
 // Validates `w` and builds its GPU layout. Throws anybit::Error on an inconsistent weight
-// (bit width, group, sizes, non-finite metadata) and on act_bits != 0 (int8 activations
-// are CPU-only).
+// (bit width, group, sizes, non-finite metadata, act_bits other than 0 or 8).
 QbitsGpuPack pack_qbits_for_gpu(const QuantizedWeight& w);
 
 // Scalar reference: the code of (r, c) reassembled from the planes.

@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "core/error.h"
+#include "kernels/sampling_cuda.h"
 
 namespace anybit {
 
@@ -71,10 +72,14 @@ void LlamaCudaModel::release() {
   cudaFree(scratch_);
   cudaFree(meta_dev_);
   cudaFree(argmax_dev_);
+  cudaFree(sample_work_);
+  cudaFree(sample_rows_dev_);
+  cudaFree(sample_pen_dev_);
   cudaFreeHost(logits_host_);
   cudaFreeHost(meta_host_);
   if (stream_) cudaStreamDestroy(stream_);
   qscratch_ = nullptr, kv_dev_ = nullptr, scratch_ = nullptr, meta_dev_ = nullptr, argmax_dev_ = nullptr;
+  sample_work_ = nullptr, sample_rows_dev_ = nullptr, sample_pen_dev_ = nullptr, sample_pen_cap_ = 0;
   logits_host_ = nullptr, meta_host_ = nullptr, stream_ = nullptr;
 }
 
@@ -158,6 +163,8 @@ void LlamaCudaModel::ensure_scratch(int64_t T, int64_t R) {
   cudaFree(argmax_dev_);
   argmax_dev_ = nullptr;
   check(cudaMalloc(&argmax_dev_, size_t(R_cap_) * sizeof(int32_t)), "cudaMalloc (argmax)");
+  cudaFree(sample_work_), cudaFree(sample_rows_dev_);  // sized by R_cap: allocated again on use
+  sample_work_ = nullptr, sample_rows_dev_ = nullptr;
   // Batched decode steps are captured as graphs: the GEMM workspace must exist beforehand.
   const int64_t K = std::max({c.hidden, c.ffn, qd}), N = std::max({QKV, 2 * c.ffn, c.hidden, c.vocab});
   cuda::reserve_gemm_workspace(T_cap_, K, N, stream_);
@@ -385,6 +392,48 @@ std::vector<int32_t> LlamaCudaModel::argmax_last() {
   check(cudaMemcpyAsync(ids.data(), argmax_dev_, ids.size() * 4, cudaMemcpyDeviceToHost, stream_), "download argmax");
   check(cudaStreamSynchronize(stream_), "argmax (device)");
   return ids;
+}
+
+bool LlamaCudaModel::sample_last(const std::vector<SampleRequest>& req, std::vector<int32_t>& ids) {
+  if (int64_t(req.size()) != last_rows_)
+    fail("sample_last: {} requests for the {} logits rows of the previous forward", req.size(), last_rows_);
+  ids.assign(req.size(), 0);
+  if (req.empty()) return true;
+  std::vector<cuda::SampleRow> rows(req.size());
+  std::vector<int32_t> pen;
+  for (size_t i = 0; i < req.size(); ++i) {
+    const SamplingParams& p = *req[i].params;
+    cuda::SampleRow& r = rows[i];
+    r.temperature = p.temperature, r.top_k = p.top_k, r.top_p = p.top_p, r.min_p = p.min_p;
+    r.repetition_penalty = p.repetition_penalty, r.u = req[i].u;
+    r.penalty_begin = int32_t(pen.size());
+    pen.insert(pen.end(), req[i].penalty_ids.begin(), req[i].penalty_ids.end());
+    r.penalty_end = int32_t(pen.size());
+  }
+  if (!sample_work_) check(cudaMalloc(&sample_work_, size_t(R_cap_ * cfg_.vocab) * 4), "cudaMalloc (sampling)");
+  if (!sample_rows_dev_)
+    check(cudaMalloc(&sample_rows_dev_, size_t(R_cap_) * sizeof(cuda::SampleRow)), "cudaMalloc (sampling rows)");
+  if (int64_t(pen.size()) > sample_pen_cap_) {
+    cudaFree(sample_pen_dev_);
+    sample_pen_dev_ = nullptr, sample_pen_cap_ = 0;
+    const int64_t cap = std::max<int64_t>(int64_t(pen.size()), 1024);
+    check(cudaMalloc(&sample_pen_dev_, size_t(cap) * 4), "cudaMalloc (penalty ids)");
+    sample_pen_cap_ = cap;
+  }
+  check(cudaMemcpyAsync(sample_rows_dev_, rows.data(), rows.size() * sizeof(cuda::SampleRow), cudaMemcpyHostToDevice,
+                        stream_),
+        "upload sampling rows");
+  if (!pen.empty())
+    check(cudaMemcpyAsync(sample_pen_dev_, pen.data(), pen.size() * 4, cudaMemcpyHostToDevice, stream_),
+          "upload penalty ids");
+  cuda::SampleArgs a;
+  a.logits = logits_, a.ldl = cfg_.vocab, a.vocab = cfg_.vocab, a.n_rows = last_rows_;
+  a.rows = static_cast<const cuda::SampleRow*>(sample_rows_dev_), a.penalty_ids = sample_pen_dev_;
+  a.work = sample_work_, a.out = argmax_dev_;
+  cuda::sample_rows(a, stream_);
+  check(cudaMemcpyAsync(ids.data(), argmax_dev_, ids.size() * 4, cudaMemcpyDeviceToHost, stream_), "download ids");
+  check(cudaStreamSynchronize(stream_), "sampling (device)");
+  return true;
 }
 
 std::vector<float> LlamaCudaModel::download_kv() const {

@@ -46,6 +46,8 @@ class LlamaCudaModel final : public ModelBackend {
 
   // Greedy ids of the previous forward's logits rows, reduced on the device.
   std::vector<int32_t> argmax_last();
+  // Sampling on the device (kernels/sampling_cuda.h), one request per logits row.
+  bool sample_last(const std::vector<SampleRequest>& req, std::vector<int32_t>& ids) override;
   // Graph replay for decode calls (default on; ANYBIT_CUDA_GRAPHS=0 turns it off).
   void set_graphs(bool on) { graphs_on_ = on; }
   int64_t graph_replays() const { return graph_replays_; }
@@ -139,6 +141,11 @@ class LlamaCudaModel final : public ModelBackend {
   int64_t meta_cap_ = 0;
   int32_t* argmax_dev_ = nullptr;
   int64_t last_rows_ = 0;
+  // sample_last: [R_cap][vocab] scratch, the rows' requests, the penalty ids (grown on demand)
+  float* sample_work_ = nullptr;
+  void* sample_rows_dev_ = nullptr;
+  int32_t* sample_pen_dev_ = nullptr;
+  int64_t sample_pen_cap_ = 0;
 
   bool graphs_on_ = true;
   std::map<std::tuple<int64_t, int64_t, int64_t>, cudaGraphExec_t> graphs_;

@@ -51,7 +51,7 @@ void add_plain(TensorStore& store, const std::string& name, std::vector<int64_t>
 
 }  // namespace
 
-ModelFiles make_random_qbits_model(const ModelConfig& cfg, int bits, int group, uint64_t seed) {
+ModelFiles make_random_qbits_model(const ModelConfig& cfg, int bits, int group, uint64_t seed, int act_bits) {
   const int64_t H = cfg.hidden, hd = cfg.head_dim;
   if (H % group != 0 || cfg.ffn % group != 0 || (cfg.n_heads * hd) % group != 0)
     fail("random qbits model: group {} does not divide the layer widths", group);
@@ -84,7 +84,10 @@ ModelFiles make_random_qbits_model(const ModelConfig& cfg, int bits, int group, 
   for (int64_t j = 0; j < int64_t(jobs.size()); ++j)
     made[size_t(j)] = make_random_qweight(jobs[size_t(j)].rows, jobs[size_t(j)].cols, bits, group, false,
                                           seed * 1000003 + uint64_t(j) + 1);
-  for (size_t j = 0; j < jobs.size(); ++j) add_qweight(*store, jobs[j].name, std::move(made[j]));
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    made[j]->act_bits = act_bits;
+    add_qweight(*store, jobs[j].name, std::move(made[j]));
+  }
 
   std::mt19937_64 rng(seed);
   add_plain(*store, "model.embed_tokens.weight", {cfg.vocab, H}, false, rng);

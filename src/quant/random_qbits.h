@@ -16,7 +16,7 @@ std::shared_ptr<QuantizedWeight> make_random_qweight(int64_t rows, int64_t cols,
                                                      bool asymmetric, uint64_t seed);
 
 // Every linear layer and the LM head quantized to `bits` (2..8) with `group` (32, 64, 128),
-// symmetric; embeddings bf16, norms fp32 = 1.
-ModelFiles make_random_qbits_model(const ModelConfig& cfg, int bits, int group, uint64_t seed);
+// symmetric; embeddings bf16, norms fp32 = 1. act_bits 8 makes every matrix W*A8.
+ModelFiles make_random_qbits_model(const ModelConfig& cfg, int bits, int group, uint64_t seed, int act_bits = 0);
 
 }  // namespace anybit

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "model/llama.h"
+#include "runtime/sampler.h"
 
 namespace anybit {
 
@@ -19,6 +20,13 @@ class ModelBackend {
   virtual void forward(const std::vector<BatchEntry>& batch, KVCache& kv, ForwardOutput& out) = 0;
   virtual size_t weight_bytes() const = 0;
   virtual std::string name() const = 0;  // "cpu (avx512)", "cuda (NVIDIA H100 ...)"
+  // Samples one token from each logits row of the previous forward(), where the logits are
+  // (one request per row, same distribution as Sampler::sample). Returns false when the
+  // backend has no sampler of its own: the caller then samples on the host.
+  virtual bool sample_last(const std::vector<SampleRequest>& req, std::vector<int32_t>& ids) {
+    (void)req, (void)ids;
+    return false;
+  }
 };
 
 enum class Device { Cpu, Cuda };

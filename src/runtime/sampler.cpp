@@ -29,14 +29,9 @@ Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) { p_.validate();
 
 int32_t Sampler::sample(const float* logits, int64_t vocab, const std::vector<int32_t>& history) {
   work_.assign(logits, logits + vocab);
-  if (p_.repetition_penalty != 1.0f && !history.empty()) {
-    const size_t n = p_.repeat_last_n < 0 ? history.size() : std::min(history.size(), size_t(p_.repeat_last_n));
-    std::unordered_set<int32_t> seen(history.end() - long(n), history.end());
-    for (int32_t id : seen) {
-      if (id < 0 || id >= vocab) continue;
-      float& l = work_[size_t(id)];
-      l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
-    }
+  for (int32_t id : penalty_ids(history, vocab)) {
+    float& l = work_[size_t(id)];
+    l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
   }
   if (p_.temperature == 0.0f) return argmax(work_.data(), vocab);
 
@@ -79,6 +74,24 @@ int32_t Sampler::sample(const float* logits, int64_t vocab, const std::vector<in
     if (r <= 0.0) return idx_[i];
   }
   return idx_[keep - 1];
+}
+
+std::vector<int32_t> Sampler::penalty_ids(const std::vector<int32_t>& history, int64_t vocab) const {
+  std::vector<int32_t> ids;
+  if (p_.repetition_penalty == 1.0f || history.empty()) return ids;
+  const size_t n = p_.repeat_last_n < 0 ? history.size() : std::min(history.size(), size_t(p_.repeat_last_n));
+  std::unordered_set<int32_t> seen;
+  for (auto it = history.end() - long(n); it != history.end(); ++it)
+    if (*it >= 0 && *it < vocab && seen.insert(*it).second) ids.push_back(*it);
+  return ids;
+}
+
+SampleRequest Sampler::request(const std::vector<int32_t>& history, int64_t vocab) {
+  SampleRequest r;
+  r.params = &p_;
+  r.penalty_ids = penalty_ids(history, vocab);
+  r.u = std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
+  return r;
 }
 
 std::vector<TokenProb> Sampler::top_logprobs(const float* logits, int64_t vocab, int n) {

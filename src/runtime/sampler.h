@@ -19,6 +19,15 @@ struct SamplingParams {
   void validate() const;  // throws anybit::Error on out-of-range values
 };
 
+// One row's sampling request for a backend that samples where its logits are
+// (ModelBackend::sample_last): the filters, the distinct ids the repetition penalty applies
+// to, and a uniform draw in [0, 1) from the sequence's Sampler.
+struct SampleRequest {
+  const SamplingParams* params = nullptr;
+  std::vector<int32_t> penalty_ids;
+  double u = 0.0;
+};
+
 struct TokenProb {
   int32_t id;
   float logprob;
@@ -30,6 +39,10 @@ class Sampler {
   // `history`: the prompt and generated ids so far (for the repetition penalty).
   int32_t sample(const float* logits, int64_t vocab, const std::vector<int32_t>& history);
   const SamplingParams& params() const { return p_; }
+  // The request for a device-side sampler: draws one uniform from this sampler's generator.
+  SampleRequest request(const std::vector<int32_t>& history, int64_t vocab);
+  // The distinct ids in the penalty window (empty when the penalty is off).
+  std::vector<int32_t> penalty_ids(const std::vector<int32_t>& history, int64_t vocab) const;
 
   // Log-probabilities (of the unmodified distribution) of the `n` most likely tokens.
   static std::vector<TokenProb> top_logprobs(const float* logits, int64_t vocab, int n);
