@@ -1,6 +1,6 @@
 // Any-bit quantization primitives: bit packing, group quantization error bounds,
 // clipping search, the scalar QBITS matmul, AWQ scaling, GPTQ, the bpw allocator, the
-// group-parameter refinement.
+// group-parameter refinement, coordinate descent on the codes.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +12,7 @@
 #include "quant/awq.h"
 #include "quant/bitpack.h"
 #include "quant/bpw_alloc.h"
+#include "quant/coordinate_descent.h"
 #include "quant/gptq.h"
 #include "quant/group_quant.h"
 #include "quant/objective.h"
@@ -524,4 +525,80 @@ TEST(QuantAlloc, FormatsWithGroupsAndZerosMeetTheTargetAndAreOptimal) {
     EXPECT_NEAR(r.cost, best, 1e-9 * best) << "trial " << trial;
     for (size_t i = 0; i < items.size(); ++i) EXPECT_EQ(r.bits[i], opts[size_t(r.choice[i])].bits);
   }
+}
+
+TEST(QuantCoordinateDescent, SweepsNeverRaiseARowsErrorAndEndAtACoordinateMinimum) {
+  const int64_t n = 16, k = 256, m = 1024, group = 64, G = k / group;
+  const std::vector<float> w = normal(size_t(n * k), 0.02f), x = correlated_inputs(m, k);
+  const std::vector<float> h = hessian_of(x, m, k);
+  for (int bits : {2, 3, 4})
+    for (bool asym : {false, true}) {
+      const GroupFormat f{bits, asym, DType::F16};
+      const std::string what = "bits " + std::to_string(bits) + (asym ? " asym" : " sym");
+      // Round-to-nearest codes: each column rounded on its own, far from the joint optimum.
+      std::vector<GroupParams> p(size_t(n * G));
+      std::vector<uint8_t> codes(size_t(n * k));
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t g = 0; g < G; ++g) {
+          const float* wg = w.data() + r * k + g * group;
+          p[size_t(r * G + g)] = rtn_params(wg, group, f);
+          encode_group(wg, group, f, p[size_t(r * G + g)], codes.data() + r * k + g * group);
+        }
+      auto errors = [&] { return row_output_errors(w.data(), dequantize_codes(codes.data(), p, n, k, group).data(), n, k, h.data()); };
+      const std::vector<double> start = errors();
+      std::vector<double> prev = start;
+      int64_t moved = 1;
+      int sweeps = 0;
+      for (; moved > 0 && sweeps < 50; ++sweeps) {
+        moved = cd_sweeps(w.data(), n, k, group, f, h.data(), p, codes.data(), 1);
+        const std::vector<double> e = errors();
+        for (int64_t r = 0; r < n; ++r) ASSERT_LE(e[size_t(r)], prev[size_t(r)] * (1 + 1e-9) + 1e-12) << what << " row " << r;
+        prev = e;
+      }
+      EXPECT_EQ(moved, 0) << what << ": not converged after " << sweeps << " sweeps";
+      EXPECT_LT(sum(prev), 0.7 * sum(start)) << what;
+      // Converged: no single code moved by one level lowers its row's error, and every code
+      // is a level of the grid.
+      for (int64_t r = 0; r < 4; ++r)
+        for (int64_t c = 0; c < k; ++c) {
+          ASSERT_LE(int(codes[size_t(r * k + c)]), f.qmax());
+          for (int step : {-1, 1}) {
+            const int q = int(codes[size_t(r * k + c)]) + step;
+            if (q < 0 || q > f.qmax()) continue;
+            std::vector<uint8_t> row(codes.begin() + r * k, codes.begin() + (r + 1) * k);
+            row[size_t(c)] = uint8_t(q);
+            const std::vector<GroupParams> pr(p.begin() + r * G, p.begin() + (r + 1) * G);
+            const double e = row_output_errors(w.data() + r * k, dequantize_codes(row.data(), pr, 1, k, group).data(), 1, k, h.data())[0];
+            EXPECT_GE(e, prev[size_t(r)] * (1 - 1e-6)) << what << " row " << r << " col " << c << " step " << step;
+          }
+        }
+    }
+}
+
+TEST(QuantCoordinateDescent, BeatsOrMatchesGptqOnEveryRow) {
+  const int64_t n = 48, k = 256, m = 1024;
+  const std::vector<float> w = normal(size_t(n * k), 0.02f), x = correlated_inputs(m, k);
+  const std::vector<float> h = hessian_of(x, m, k);
+  for (int bits : {2, 3, 4})
+    for (bool asym : {false, true}) {
+      MatrixOptions o;
+      o.bits = bits;
+      o.group = 64;
+      o.asym = asym;
+      GptqOptions g;
+      g.refine = 3;
+      const QuantizedWeight gptq = quantize_gptq(w.data(), n, k, o, h.data(), g);
+      g.cd_passes = 4;
+      const QuantizedWeight cd = quantize_gptq(w.data(), n, k, o, h.data(), g);
+      const std::vector<double> e0 = row_output_errors(w.data(), dequantize(gptq).data(), n, k, h.data());
+      const std::vector<double> e1 = row_output_errors(w.data(), dequantize(cd).data(), n, k, h.data());
+      const std::string what = "bits " + std::to_string(bits) + (asym ? " asym" : " sym");
+      for (int64_t r = 0; r < n; ++r) EXPECT_LE(e1[size_t(r)], e0[size_t(r)] * (1 + 1e-6)) << what << " row " << r;
+      // Better by a few percent on symmetric grids. With zero points, GPTQ plus the refit
+      // leaves 0-0.4% to gain on these synthetic inputs (on tiny-llama's layers 5-12%).
+      if (asym) EXPECT_LE(sum(e1), sum(e0)) << what;
+      else EXPECT_LT(sum(e1), 0.99 * sum(e0)) << what;
+      for (float s : cd.scales) ASSERT_EQ(s, round_meta(s, DType::F16));
+      for (float z : cd.zeros) ASSERT_EQ(z, round_meta(z, DType::F16));
+    }
 }

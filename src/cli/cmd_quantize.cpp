@@ -24,6 +24,7 @@ struct QuantizeArgs {
   bool sym = false, asym = false, no_sequential = false, act_order = true;
   int reference_target = -1;  // -1: on exactly when calibrating sequentially
   int refine = 3;
+  int cd_passes = 4;
 };
 
 int run_quantize(QuantizeArgs& a) {
@@ -39,6 +40,7 @@ int run_quantize(QuantizeArgs& a) {
   const bool seq_calib = !a.calib.empty() && o.sequential;
   o.reference_target = a.reference_target < 0 ? seq_calib : a.reference_target != 0;
   o.gptq.refine = a.refine;
+  o.gptq.cd_passes = a.cd_passes;
   o.gptq.act_order = a.act_order;
   if (a.scale_dtype == "f16") o.scale_dtype = DType::F16;
   else if (a.scale_dtype == "bf16") o.scale_dtype = DType::BF16;
@@ -112,6 +114,11 @@ void register_quantize(CLI::App& app) {
                   "GPTQ: rounds of refitting the group scales/zeros for the rounded codes under the full "
                   "calibration Hessian, then re-rounding on the refitted grids (default 3; 0 = off)")
       ->check(CLI::Range(0, 20));
+  sub->add_option("--cd-passes", a->cd_passes,
+                  "GPTQ: rounds of coordinate descent on the codes after refinement, each a sweep re-rounding every "
+                  "column against all others under the calibration Hessian, then a scale/zero refit (default 4; "
+                  "0 = off)")
+      ->check(CLI::Range(0, 50));
   sub->add_option("--awq-grid", o.awq_grid, "AWQ: alpha grid points")->check(CLI::Range(1, 100));
   add_command(sub, [a] { return run_quantize(*a); });
 }

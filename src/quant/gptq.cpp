@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "kernels/dispatch.h"
+#include "quant/coordinate_descent.h"
 #include "quant/refine.h"
 
 namespace anybit::quant {
@@ -224,6 +225,9 @@ QuantizedWeight quantize_gptq(const float* w_in, int64_t rows, int64_t cols, con
       if (!(after < before * (1.0 - 1e-4))) break;  // converged
     }
   }
+  // Coordinate descent from GPTQ's codes: every column re-rounded against all the others,
+  // alternating with the refit; neither step raises a row's error on the undamped H.
+  if (g.cd_passes > 0) cd_refine(w_in, rows, k, o.group, f, h, params, codes.data(), g.cd_passes);
 
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t gi = 0; gi < G; ++gi) store_group(qw, r, gi, params[size_t(r * G + gi)], codes.data() + r * k + gi * o.group);

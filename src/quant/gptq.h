@@ -22,6 +22,9 @@ struct GptqOptions {
   // (and zeros) for the codes under the full H, re-round on the new grids, keep the
   // better per row. 0 = plain GPTQ.
   int refine = 0;
+  // Rounds of coordinate descent on the codes after that (coordinate_descent.h): one sweep
+  // over every column against all the others, then the group-parameter refit. 0 = off.
+  int cd_passes = 0;
 };
 
 // In-place lower Cholesky factor of the n x n matrix a (row-major; the upper triangle

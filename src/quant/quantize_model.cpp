@@ -417,7 +417,10 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   s["scale_dtype"] = o.scale_dtype == DType::F16 ? "f16" : o.scale_dtype == DType::BF16 ? "bf16" : "f32";
   s["lm_head_bits"] = head ? o.lm_head_bits : 0;
   s["linear_bpw"] = res.linear_bpw;
-  if (method == "gptq" || method == "awq-gptq") s["gptq_refine"] = o.gptq.refine;
+  if (method == "gptq" || method == "awq-gptq") {
+    s["gptq_refine"] = o.gptq.refine;
+    s["gptq_cd_passes"] = o.gptq.cd_passes;
+  }
   if (calib) {
     s["calibration"] = {{"file", o.calib_origin},
                         {"tokens", int64_t(windows.size()) * o.calib_ctx},
