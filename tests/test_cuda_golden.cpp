@@ -87,6 +87,15 @@ TEST(CudaGolden, LogitsAndGreedyMatchTransformers) {
       for (size_t i = 0; i < want.size(); ++i) {
         const int32_t id = argmax(out.row(0), out.vocab);
         ASSERT_EQ(model.argmax_last().at(0), id) << "device argmax differs from host argmax at step " << i;
+        // The device sampler on the same logits: greedy, and temperature 1 with top-k 1 (the
+        // filtered path), must both give the argmax.
+        SamplingParams greedy_p, top1;
+        top1.temperature = 1.0f, top1.top_k = 1;
+        std::vector<int32_t> sampled;
+        ASSERT_TRUE(model.sample_last({SampleRequest{&greedy_p, {}, 0.5}}, sampled));
+        ASSERT_EQ(sampled.at(0), id) << "device greedy sampling at step " << i;
+        ASSERT_TRUE(model.sample_last({SampleRequest{&top1, {}, 0.99}}, sampled));
+        ASSERT_EQ(sampled.at(0), id) << "device top-k 1 sampling at step " << i;
         greedy.push_back(id);
         model.forward({BatchEntry{&seq, &greedy.back(), 1, false}}, kv, out);
       }

@@ -92,7 +92,7 @@ TEST(CudaSampling, MatchesHostReference) {
       pen.insert(pen.end(), ids.begin(), ids.end());
       r.penalty_end = int32_t(pen.size());
     }
-    DeviceArray<float> dl(logits), work(size_t(n * V));
+    DeviceArray<float> dl(logits), work(size_t(n * cuda::sample_work_ld(V)));
     DeviceArray<int32_t> dpen(pen.empty() ? std::vector<int32_t>{0} : pen), dout(static_cast<size_t>(n));
     DeviceArray<uint8_t> drows(n * sizeof(cuda::SampleRow));
     drows.upload_bytes(rows.data(), rows.size() * sizeof(cuda::SampleRow));

@@ -118,7 +118,7 @@ void bench_sampling(std::mt19937_64& rng) {
     int32_t *dpen = nullptr, *out = nullptr;
     void* drows = nullptr;
     ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dl), logits.size() * 4));
-    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&work), logits.size() * 4));
+    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&work), size_t(n * sample_work_ld(V)) * 4));
     ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dpen), pen.size() * 4));
     ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&out), size_t(n) * 4));
     ANYBIT_CUDA_CHECK(cudaMalloc(&drows, rows.size() * sizeof(SampleRow)));

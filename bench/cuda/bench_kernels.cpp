@@ -28,7 +28,7 @@ using namespace anybit;
 using namespace anybit::cuda;
 using namespace anybit::cuda::bench;
 
-// `anybit_cuda_bench attention|a8|sampling` runs only that section.
+// `anybit_cuda_bench attention|a8|sampling|qgemv` runs only that section.
 int main(int argc, char** argv) {
   if (device_count() == 0) {
     std::printf("no CUDA device\n");
@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
       {"8B gate_up", 28672, 4096, InputOp::RmsNorm}, {"8B down", 4096, 14336, InputOp::SiluMul},
   };
   for (DType dt : {DType::BF16, DType::F16}) {
+    if (only == "qgemv") break;
     for (const Shape& s : shapes) {
         const size_t wbytes = size_t(s.n * s.k) * 2;
         const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
@@ -144,6 +145,7 @@ int main(int argc, char** argv) {
       for (auto& w : ws) free_qbits(w);
     }
   }
+  if (only == "qgemv") return 0;
 
   // W4A16 GEMM at the 8B layer shapes for m = 1, 4, 16, 64: the any-bit kernels (GEMV for
   // m <= 4, the tensor-core mma_qbits above, and the dequantize + cuBLAS path it replaced)

@@ -137,6 +137,8 @@ int serve(const ServeArgs& a) {
   auto& backend = engine->model();
   Scheduler sched([&backend](const std::vector<BatchEntry>& b, KVCache& kv, ForwardOutput& o) { backend.forward(b, kv, o); },
                   engine->config(), engine->kv(), tok, engine->config().eos_ids, so);
+  sched.set_device_sampler(
+      [&backend](const std::vector<SampleRequest>& r, std::vector<int32_t>& ids) { return backend.sample_last(r, ids); });
 
   server::ModelInfo info;
   info.id = a.alias.empty() ? model_id(path) : a.alias;

@@ -25,6 +25,7 @@ namespace anybit::cuda {
 namespace {
 
 constexpr int kThreads = 1024;
+constexpr int kU = 4;  // float4 loads in flight per thread
 constexpr double kFix = 1099511627776.0;  // 2^40
 
 // Larger floats give larger keys; NaN gives 0 (never above a number).
@@ -57,6 +58,28 @@ struct MaxAtOp {
   }
 };
 
+// Calls f(i, v, valid) for every element of the padded row w (16-byte aligned), with kU
+// float4 loads per thread issued before the first use (a loop of single loads waits on L2
+// once per element). The trip count is the same for every thread, so f may use warp
+// collectives; `valid` is false past the vocabulary.
+template <typename F>
+__device__ __forceinline__ void for_each(const float* w, int64_t V, F&& f) {
+  const int64_t n4 = (V + 3) / 4;
+  for (int64_t j0 = 0; j0 < n4; j0 += int64_t(kThreads) * kU) {
+    float4 v[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t j = j0 + int64_t(u) * kThreads + threadIdx.x;
+      v[u] = j < n4 ? reinterpret_cast<const float4*>(w)[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t i = 4 * (j0 + int64_t(u) * kThreads + threadIdx.x);
+      f(i, v[u].x, i < V), f(i + 1, v[u].y, i + 1 < V), f(i + 2, v[u].z, i + 2 < V), f(i + 3, v[u].w, i + 3 < V);
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
   using Reduce = cub::BlockReduce<MaxAt, kThreads>;
   using ReduceU = cub::BlockReduce<unsigned long long, kThreads>;
@@ -71,14 +94,27 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
   __shared__ unsigned long long s_carry, s_total;
   __shared__ MaxAt s_max;
 
-  const int64_t row = blockIdx.x, V = a.vocab;
+  const int64_t row = blockIdx.x, V = a.vocab, ldw = sample_work_ld(V);
   const SampleRow r = a.rows[row];
   const float* lg = a.logits + row * a.ldl;
-  float* w = a.work + row * V;
+  float* w = a.work + row * ldw;
   const int tid = threadIdx.x;
 
-  // 1. Penalised copy (ids are distinct, so each is changed once), then the maximum.
-  for (int64_t i = tid; i < V; i += kThreads) w[i] = lg[i];
+  // 1. Penalised copy (ids are distinct, so each is changed once; the pad is zeroed), then
+  //    the maximum.
+  for (int64_t i0 = 0; i0 < ldw; i0 += int64_t(kThreads) * 8) {
+    float v[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int64_t i = i0 + int64_t(u) * kThreads + tid;
+      v[u] = i < V ? lg[i] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int64_t i = i0 + int64_t(u) * kThreads + tid;
+      if (i < ldw) w[i] = v[u];
+    }
+  }
   __syncthreads();
   if (r.repetition_penalty != 1.0f)
     for (int64_t j = r.penalty_begin + tid; j < r.penalty_end; j += kThreads) {
@@ -89,10 +125,9 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
     }
   __syncthreads();
   MaxAt best{-INFINITY, V};
-  for (int64_t i = tid; i < V; i += kThreads) {
-    const float v = w[i];
-    if (v > best.v || (best.i == V && !isnan(v))) best = MaxAt{v, i};
-  }
+  for_each(w, V, [&](int64_t i, float v, bool ok) {
+    if (ok && (v > best.v || (best.i == V && !isnan(v)))) best = MaxAt{v, i};
+  });
   best = Reduce(tmp.max).Reduce(best, MaxAtOp());
   if (tid == 0) s_max = best;
   __syncthreads();
@@ -112,11 +147,10 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int b = tid; b < 256; b += kThreads) hist[b] = 0;
       __syncthreads();
-      for (int64_t i0 = 0; i0 < V; i0 += kThreads) {  // warp-uniform trip count (hist_add)
-        const int64_t i = i0 + tid;
-        const uint32_t k = i < V ? key_of(w[i]) : 0u;
-        hist_add(hist, (k >> shift) & 255u, 1ull, i < V && (k & mask) == prefix);
-      }
+      for_each(w, V, [&](int64_t, float v, bool ok) {
+        const uint32_t k = key_of(v);
+        hist_add(hist, (k >> shift) & 255u, 1ull, ok && (k & mask) == prefix);
+      });
       __syncthreads();
       if (tid == 0) {
         unsigned long long cum = 0;
@@ -135,25 +169,25 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
   uint32_t tp = 0;
   if (r.top_p < 1.0f) {
     unsigned long long z = 0;
-    for (int64_t i = tid; i < V; i += kThreads)
-      if (key_of(w[i]) >= tk) z += mass(w[i]);
+    for_each(w, V, [&](int64_t, float v, bool ok) {
+      if (ok && key_of(v) >= tk) z += mass(v);
+    });
     z = ReduceU(tmp.sum).Sum(z);
     if (tid == 0) s_total = z;
     __syncthreads();
-    const unsigned long long target = (unsigned long long)(double(r.top_p) * double(s_total));
+    unsigned long long target = (unsigned long long)(double(r.top_p) * double(s_total));
+    if (target == 0) target = 1;
     uint32_t prefix = 0, mask = 0;
     unsigned long long above = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int b = tid; b < 256; b += kThreads) hist[b] = 0;
       __syncthreads();
-      for (int64_t i0 = 0; i0 < V; i0 += kThreads) {
-        const int64_t i = i0 + tid;
-        const float v = i < V ? w[i] : 0.0f;
-        const uint32_t k = i < V ? key_of(v) : 0u;
-        const bool in = i < V && k >= tk && (k & mask) == prefix;
+      for_each(w, V, [&](int64_t, float v, bool ok) {
+        const uint32_t k = key_of(v);
+        const bool in = ok && k >= tk && (k & mask) == prefix;
         const unsigned long long ms = in ? mass(v) : 0ull;
         hist_add(hist, (k >> shift) & 255u, ms, in && ms > 0);
-      }
+      });
       __syncthreads();
       if (tid == 0) {
         unsigned long long cum = above;
@@ -168,21 +202,33 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
     tp = prefix;
   }
 
-  // 4. Draw in index order over the kept tokens. Each warp owns a contiguous slice (read
-  // 32 consecutive tokens at a time); slice sums, a scan over the warps, then the warp whose
-  // slice holds the target walks it again with an inclusive warp scan.
+  // 4. Draw in index order over the kept tokens. Each warp owns a contiguous slice, read as
+  //    float4 per lane (128 tokens per warp step, kU steps in flight); slice sums, a scan
+  //    over the warps, then the warp whose slice holds the target walks it again.
   const uint32_t cut = tk > tp ? tk : tp;
   const float pmin = r.min_p;  // probabilities relative to the maximum's, exp(0) = 1
-  auto kept_mass = [&](int64_t i) -> unsigned long long {
-    if (i >= V) return 0ull;
-    const float v = w[i];
-    return key_of(v) >= cut && expf((v - mx) * inv_t) >= pmin ? mass(v) : 0ull;
+  auto kept_mass = [&](float v, bool ok) -> unsigned long long {
+    return ok && key_of(v) >= cut && expf((v - mx) * inv_t) >= pmin ? mass(v) : 0ull;
   };
-  constexpr int kWarps = kThreads / 32;
+  constexpr int kWarps = kThreads / 32, kStep = 128;
   const int warp = tid / 32, lane = tid % 32;
-  const int64_t per = (V + kWarps * 32 - 1) / (kWarps * 32) * 32, lo = warp * per, hi = lo + per < V ? lo + per : V;
+  const int64_t per = (V + kWarps * kStep - 1) / (kWarps * kStep) * kStep;
+  const int64_t lo = warp * per, hi = lo + per < V ? lo + per : V;
+  // The lane's four tokens of the step at s, with their masses.
+  auto step_masses = [&](int64_t s, unsigned long long (&m)[4]) {
+    const int64_t i = s + 4 * lane;
+    const float4 v = i < hi ? *reinterpret_cast<const float4*>(w + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    m[0] = kept_mass(v.x, i < hi), m[1] = kept_mass(v.y, i + 1 < hi);
+    m[2] = kept_mass(v.z, i + 2 < hi), m[3] = kept_mass(v.w, i + 3 < hi);
+  };
   unsigned long long mine = 0;
-  for (int64_t i = lo + lane; i < hi; i += 32) mine += kept_mass(i);
+  for (int64_t s0 = lo; s0 < hi; s0 += kStep * kU) {
+    unsigned long long m[kU][4];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) step_masses(s0 + u * kStep, m[u]);
+#pragma unroll
+    for (int u = 0; u < kU; ++u) mine += m[u][0] + m[u][1] + m[u][2] + m[u][3];
+  }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) mine += __shfl_xor_sync(0xffffffffu, mine, o);
   unsigned long long offset = 0, total = 0;
@@ -191,17 +237,27 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
   const unsigned long long target = (unsigned long long)(r.u * double(total));
   if (offset <= target && target < offset + mine) {
     unsigned long long cum = offset;
-    for (int64_t i0 = lo; i0 < hi; i0 += 32) {
-      const unsigned long long ms = kept_mass(i0 + lane);
-      unsigned long long inc = ms;
+    for (int64_t s = lo; s < hi; s += kStep) {
+      unsigned long long m[4];
+      step_masses(s, m);
+      const unsigned long long own = m[0] + m[1] + m[2] + m[3];
+      unsigned long long inc = own;
 #pragma unroll
       for (int o = 1; o < 32; o <<= 1) {
         const unsigned long long up = __shfl_up_sync(0xffffffffu, inc, o);
         if (lane >= o) inc += up;
       }
-      const unsigned over = __ballot_sync(0xffffffffu, ms > 0 && cum + inc > target);
+      const unsigned over = __ballot_sync(0xffffffffu, own > 0 && cum + inc > target);
       if (over) {
-        if (lane == __ffs(over) - 1) a.out[row] = int32_t(i0 + lane);
+        if (lane == __ffs(over) - 1) {
+          unsigned long long c = cum + inc - own;
+          int e = 0;
+          for (; e < 3; ++e) {
+            c += m[e];
+            if (m[e] > 0 && c > target) break;
+          }
+          a.out[row] = int32_t(s + 4 * lane + e);
+        }
         break;
       }
       cum += __shfl_sync(0xffffffffu, inc, 31);
@@ -213,7 +269,8 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const SampleArgs a) {
 
 void sample_rows(const SampleArgs& a, cudaStream_t s) {
   if (a.n_rows <= 0) return;
-  if (!a.logits || !a.rows || !a.work || !a.out || a.vocab <= 0 || a.ldl < a.vocab)
+  if (!a.logits || !a.rows || !a.work || !a.out || a.vocab <= 0 || a.ldl < a.vocab ||
+      (reinterpret_cast<uintptr_t>(a.work) & 15) != 0)
     fail("CUDA sample_rows: bad arguments (vocab {}, ldl {})", a.vocab, a.ldl);
   sample_kernel<<<unsigned(a.n_rows), kThreads, 0, s>>>(a);
   check_launch("sample_rows");

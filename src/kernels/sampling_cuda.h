@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda_kernels.h"  // ANYBIT_HOST_DEVICE
+
 namespace anybit::cuda {
 
 // One logits row's request. The filters are those of SamplingParams; `u` is a uniform draw in
@@ -21,12 +23,15 @@ struct SampleRow {
   double u = 0.0;
 };
 
+// Row stride of SampleArgs::work: the vocabulary rounded up to 4 floats (16-byte rows).
+ANYBIT_HOST_DEVICE inline int64_t sample_work_ld(int64_t vocab) { return (vocab + 3) / 4 * 4; }
+
 struct SampleArgs {
   const float* logits = nullptr;  // [n_rows][ldl]
   int64_t ldl = 0, vocab = 0, n_rows = 0;
   const SampleRow* rows = nullptr;      // device, [n_rows]
   const int32_t* penalty_ids = nullptr;  // device
-  float* work = nullptr;                 // device, [n_rows][vocab] scratch
+  float* work = nullptr;                 // device, 16-byte aligned, [n_rows][sample_work_ld(vocab)] scratch
   int32_t* out = nullptr;                // device, [n_rows]
 };
 

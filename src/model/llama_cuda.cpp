@@ -410,7 +410,7 @@ bool LlamaCudaModel::sample_last(const std::vector<SampleRequest>& req, std::vec
     pen.insert(pen.end(), req[i].penalty_ids.begin(), req[i].penalty_ids.end());
     r.penalty_end = int32_t(pen.size());
   }
-  if (!sample_work_) check(cudaMalloc(&sample_work_, size_t(R_cap_ * cfg_.vocab) * 4), "cudaMalloc (sampling)");
+  if (!sample_work_) check(cudaMalloc(&sample_work_, size_t(R_cap_ * cuda::sample_work_ld(cfg_.vocab)) * 4), "cudaMalloc (sampling)");
   if (!sample_rows_dev_)
     check(cudaMalloc(&sample_rows_dev_, size_t(R_cap_) * sizeof(cuda::SampleRow)), "cudaMalloc (sampling rows)");
   if (int64_t(pen.size()) > sample_pen_cap_) {

@@ -58,7 +58,6 @@ GenerateResult generate(Engine& engine, const std::vector<int32_t>& prompt, cons
   std::vector<int32_t> history = prompt;
   SequenceKV seq;
   ForwardOutput out;
-  std::vector<int32_t> device_ids;
   bool cancelled = false;
   auto emit = [&](const std::string& s) {
     if (s.empty()) return;
@@ -73,10 +72,9 @@ GenerateResult generate(Engine& engine, const std::vector<int32_t>& prompt, cons
     t0 = clock::now();
     r.finish_reason = "length";
     for (int64_t i = 0; i < budget; ++i) {
-      // Where the logits are: a GPU backend samples on the device (no host sort).
-      int32_t id;
-      if (engine.model().sample_last({sampler.request(history, out.vocab)}, device_ids)) id = device_ids[0];
-      else id = sampler.sample(out.row(0), out.vocab, history);
+      // One row: the host sampler is faster than one GPU block (docs/PERFORMANCE.md); the
+      // device sampler pays off from two rows on (the scheduler uses it there).
+      const int32_t id = sampler.sample(out.row(0), out.vocab, history);
       if (!opts.ignore_eos && std::find(eos.begin(), eos.end(), id) != eos.end()) {
         r.finish_reason = "stop";
         break;

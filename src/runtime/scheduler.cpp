@@ -355,10 +355,10 @@ bool Scheduler::plan(std::vector<Planned>& plan) {
   return !plan.empty();
 }
 
-void Scheduler::emit_token(Seq& s, const float* logits) {
+void Scheduler::emit_token(Seq& s, const float* logits, int32_t id) {
   const int64_t vocab = cfg_.vocab;
   const auto now = Clock::now();
-  const int32_t id = s.sampler.sample(logits, vocab, s.tokens);
+  if (id < 0) id = s.sampler.sample(logits, vocab, s.tokens);
   TokenOut t;
   t.id = id;
   if (s.top_logprobs >= 0) {
@@ -395,10 +395,26 @@ void Scheduler::emit_token(Seq& s, const float* logits) {
 }
 
 void Scheduler::after_forward(const std::vector<Planned>& plan, const ForwardOutput& out) {
+  // Rows that produce a token this step; with a device sampler and at least two of them, all
+  // rows are sampled in one call (rows mid-prompt ride along as greedy requests, their ids
+  // unused). One row is faster on the host (docs/PERFORMANCE.md).
+  bool on_device = false;
+  size_t emitting = 0;
+  for (const Planned& p : plan) emitting += p.seq->pending() == 0 && !p.seq->finished;
+  if (sample_ && emitting >= 2) {
+    static const SamplingParams kGreedy;
+    std::vector<SampleRequest> req(plan.size());
+    for (size_t i = 0; i < plan.size(); ++i) {
+      Seq& s = *plan[i].seq;
+      if (s.pending() == 0 && !s.finished) req[i] = s.sampler.request(s.tokens, cfg_.vocab);
+      else req[i].params = &kGreedy;
+    }
+    on_device = sample_(req, device_ids_);
+  }
   for (size_t i = 0; i < plan.size(); ++i) {
     Seq& s = *plan[i].seq;
     register_prefix(s);
-    if (s.pending() == 0 && !s.finished) emit_token(s, out.row(i));
+    if (s.pending() == 0 && !s.finished) emit_token(s, out.row(i), on_device ? device_ids_[i] : -1);
   }
 }
 

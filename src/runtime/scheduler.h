@@ -106,6 +106,9 @@ struct SubmitResult {
 
 // LlamaModel::forward's contract (any backend with it will do).
 using ForwardFn = std::function<void(const std::vector<BatchEntry>&, KVCache&, ForwardOutput&)>;
+// ModelBackend::sample_last's contract: one request per logits row of the last forward;
+// false means "sample on the host".
+using SampleFn = std::function<bool(const std::vector<SampleRequest>&, std::vector<int32_t>&)>;
 
 class Scheduler {
  public:
@@ -117,6 +120,9 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   SubmitResult submit(RequestParams p);
+  // Samples where the logits are (a GPU backend): one call per step for every row. Set before
+  // start(). Requests that ask for log-probabilities still read the host logits.
+  void set_device_sampler(SampleFn fn) { sample_ = std::move(fn); }
 
   // One iteration: drop cancelled requests, admit waiting ones, run one forward
   // pass and hand out the sampled tokens. Returns false when there was nothing to do.
@@ -155,7 +161,8 @@ class Scheduler {
   int64_t ensure_blocks(Seq& s, int64_t n, bool can_shrink, std::vector<Planned>& plan);
   void preempt(Seq& victim, std::vector<Planned>& plan);
   void after_forward(const std::vector<Planned>& plan, const ForwardOutput& out);
-  void emit_token(Seq& s, const float* logits);
+  // id < 0: sample on the host from `logits`.
+  void emit_token(Seq& s, const float* logits, int32_t id = -1);
   void finish(Seq& s, const char* reason, const std::string& error = {});
   void release_kv(Seq& s);
   void match_prefix(Seq& s);
@@ -165,6 +172,8 @@ class Scheduler {
   void engine_loop();
 
   ForwardFn forward_;
+  SampleFn sample_;
+  std::vector<int32_t> device_ids_;
   const ModelConfig& cfg_;
   KVCache& kv_;
   const Tokenizer& tok_;
