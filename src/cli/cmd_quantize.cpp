@@ -119,6 +119,10 @@ void register_quantize(CLI::App& app) {
                   "column against all others under the calibration Hessian, then a scale/zero refit (default 4; "
                   "0 = off)")
       ->check(CLI::Range(0, 50));
+  sub->add_option("--cd-group-search", o.gptq.cd_search_grid,
+                  "With --cd-passes: in every round, a clipping search per group under the calibration Hessian, "
+                  "N candidate grids around the group's optimum given the other groups (default 0 = off)")
+      ->check(CLI::Range(0, 100));
   sub->add_option("--awq-grid", o.awq_grid, "AWQ: alpha grid points")->check(CLI::Range(1, 100));
   add_command(sub, [a] { return run_quantize(*a); });
 }

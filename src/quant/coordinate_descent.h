@@ -25,10 +25,22 @@ namespace anybit::quant {
 int64_t cd_sweeps(const float* w, int64_t rows, int64_t cols, int group, const GroupFormat& f, const float* h,
                   const std::vector<GroupParams>& params, uint8_t* codes, int sweeps);
 
+// A clipping search per group under the full H, for escaping the local minima of the
+// sweeps and the refit (which only move one code, or the parameters for fixed codes): for
+// every group of a row, the group's unconstrained optimum given the other groups,
+// v = w^_G + H_GG^-1 (H (w - w^))_G, is covered by `grid` candidate grids (its range shrunk
+// by factors 1 down to min_shrink, as search_params does for one group's own weights); for
+// each, the group's codes start at the levels nearest v and take two sweeps restricted to
+// the group; the candidate with the lowest e_r replaces the group's parameters and codes
+// when it beats them. Returns the number of groups changed. Multi-threaded over rows.
+int64_t cd_group_search(const float* w, int64_t rows, int64_t cols, int group, const GroupFormat& f, const float* h,
+                        std::vector<GroupParams>& params, uint8_t* codes, int grid, float min_shrink = 0.5f);
+
 // `passes` rounds of one sweep followed by the least-squares refit of the group parameters
 // for the new codes (refit_group_params, refine.h), stopping early when a round changes
-// neither codes nor parameters. Neither step increases any row's e_r.
+// neither codes nor parameters. With search_grid > 0, every round also runs
+// cd_group_search before the refit. No step increases any row's e_r.
 void cd_refine(const float* w, int64_t rows, int64_t cols, int group, const GroupFormat& f, const float* h,
-               std::vector<GroupParams>& params, uint8_t* codes, int passes);
+               std::vector<GroupParams>& params, uint8_t* codes, int passes, int search_grid = 0);
 
 }  // namespace anybit::quant

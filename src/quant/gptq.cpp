@@ -227,7 +227,7 @@ QuantizedWeight quantize_gptq(const float* w_in, int64_t rows, int64_t cols, con
   }
   // Coordinate descent from GPTQ's codes: every column re-rounded against all the others,
   // alternating with the refit; neither step raises a row's error on the undamped H.
-  if (g.cd_passes > 0) cd_refine(w_in, rows, k, o.group, f, h, params, codes.data(), g.cd_passes);
+  if (g.cd_passes > 0) cd_refine(w_in, rows, k, o.group, f, h, params, codes.data(), g.cd_passes, g.cd_search_grid);
 
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t gi = 0; gi < G; ++gi) store_group(qw, r, gi, params[size_t(r * G + gi)], codes.data() + r * k + gi * o.group);

@@ -25,6 +25,8 @@ struct GptqOptions {
   // Rounds of coordinate descent on the codes after that (coordinate_descent.h): one sweep
   // over every column against all the others, then the group-parameter refit. 0 = off.
   int cd_passes = 0;
+  // With cd_passes: candidate grids per group in each round (cd_group_search); 0 = off.
+  int cd_search_grid = 0;
 };
 
 // In-place lower Cholesky factor of the n x n matrix a (row-major; the upper triangle

@@ -420,6 +420,7 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   if (method == "gptq" || method == "awq-gptq") {
     s["gptq_refine"] = o.gptq.refine;
     s["gptq_cd_passes"] = o.gptq.cd_passes;
+    s["gptq_cd_search_grid"] = o.gptq.cd_search_grid;
   }
   if (calib) {
     s["calibration"] = {{"file", o.calib_origin},
