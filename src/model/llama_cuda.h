@@ -33,7 +33,7 @@ class LlamaCudaModel final : public ModelBackend {
  public:
   // Checks every tensor like LlamaModel and uploads it; throws anybit::Error naming
   // `weights.origin()` and the tensor for a missing tensor, a bad shape, an unsupported
-  // dtype or a QBITS weight the GPU cannot run (act_bits 8, cols % 32 != 0, ...).
+  // dtype or a QBITS weight the GPU cannot run (cols % 32 != 0, a non-finite scale, ...).
   LlamaCudaModel(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights);
   ~LlamaCudaModel() override;
   LlamaCudaModel(const LlamaCudaModel&) = delete;
