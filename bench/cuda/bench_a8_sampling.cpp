@@ -61,17 +61,7 @@ void bench_a8(std::mt19937_64& rng) {
         const double a16 = median_graph_us([&](int, cudaStream_t st) { linear_qbits(a, w16.w, scratch, st); }, reps);
         double cub = 0;
 #ifdef ANYBIT_WITH_CUBLAS
-        if (hb) {
-          const __half one = __float2half(1.0f), zero = __float2half(0.0f);
-          cub = median_graph_us(
-              [&](int, cudaStream_t st) {
-                cublasSetStream(hb, st);
-                cublasGemmEx(hb, CUBLAS_OP_T, CUBLAS_OP_N, int(s.n), int(m), int(s.k), &one, wh, CUDA_R_16F, int(s.k),
-                             xh, CUDA_R_16F, int(s.k), &zero, yh, CUDA_R_16F, int(s.n), CUBLAS_COMPUTE_16F,
-                             CUBLAS_GEMM_DEFAULT);
-              },
-              reps);
-        }
+        if (hb) cub = cublas_f16_us(hb, s.n, m, s.k, wh, xh, yh, reps);
 #endif
         std::printf("| W%dA8 | %s %lldx%lld | %lld | %.1f | %.1f | %.1f | %.2f | %.2f |\n", bits, s.name, (long long)s.n,
                     (long long)s.k, (long long)m, a8, a16, cub, a16 / a8, cub > 0 ? cub / a8 : 0.0);

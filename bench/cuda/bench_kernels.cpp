@@ -183,17 +183,7 @@ int main(int argc, char** argv) {
         }
         double cub = 0;
 #ifdef ANYBIT_WITH_CUBLAS
-        if (hb) {
-          const __half one = __float2half(1.0f), zero = __float2half(0.0f);
-          cub = median_graph_us(
-              [&](int, cudaStream_t st) {
-                cublasSetStream(hb, st);
-                cublasGemmEx(hb, CUBLAS_OP_T, CUBLAS_OP_N, int(s.n), int(m), int(s.k), &one, wh, CUDA_R_16F, int(s.k),
-                             xh, CUDA_R_16F, int(s.k), &zero, yh, CUDA_R_16F, int(s.n), CUBLAS_COMPUTE_16F,
-                             CUBLAS_GEMM_DEFAULT);
-              },
-              15);
-        }
+        if (hb) cub = cublas_f16_us(hb, s.n, m, s.k, wh, xh, yh, 15);
 #endif
         const char* path = m <= kGemvMaxRows ? "gemv" : m <= kMmaMaxRows ? "mma" : "dequant+gemm";
         std::printf("| W4A16 g128 | %s %lldx%lld | %lld | %.1f | %s | %s | %.1f | %.2f |\n", s.name, (long long)s.n,

@@ -9,6 +9,11 @@
 #include <random>
 #include <vector>
 
+#ifdef ANYBIT_WITH_CUBLAS
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#endif
+
 #include "core/dtype.h"
 #include "kernels/cuda_kernels.h"
 
@@ -86,6 +91,22 @@ inline void* random_device_bytes(size_t bytes, DType t, std::mt19937_64& rng) {
   ANYBIT_CUDA_CHECK(cudaMemcpy(d, h.data(), bytes, cudaMemcpyHostToDevice));
   return d;
 }
+
+#ifdef ANYBIT_WITH_CUBLAS
+// The baseline: cuBLAS fp16 y[m][n] = x[m][k] . W[n][k]^T (fp16 weights, activations,
+// output and compute), per-launch µs inside a CUDA graph.
+inline double cublas_f16_us(cublasHandle_t hb, int64_t n, int64_t m, int64_t k, const void* wh, const void* xh, void* yh,
+                            int reps) {
+  const __half one = __float2half(1.0f), zero = __float2half(0.0f);
+  return median_graph_us(
+      [&](int, cudaStream_t st) {
+        cublasSetStream(hb, st);
+        cublasGemmEx(hb, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(m), int(k), &one, wh, CUDA_R_16F, int(k), xh, CUDA_R_16F,
+                     int(k), &zero, yh, CUDA_R_16F, int(n), CUBLAS_COMPUTE_16F, CUBLAS_GEMM_DEFAULT);
+      },
+      reps);
+}
+#endif
 
 // Runs the attention section (bench_attention.cpp).
 void bench_attention(double copy_gbs, std::mt19937_64& rng);
