@@ -1,7 +1,7 @@
 // The continuous-batching scheduler over the CUDA model with the device sampler
 // (Scheduler::set_device_sampler -> LlamaCudaModel::sample_last): greedy requests must give
-// exactly the tokens of host sampling on the same logits, seeded sampled requests must replay
-// exactly. Skipped when no CUDA device is visible.
+// exactly the tokens of host sampling on the same logits, sampled requests must replay exactly,
+// and requests with a client seed must stay on the host sampler. Skipped when no CUDA device is visible.
 #include <gtest/gtest.h>
 
 #include "test_cuda_util.h"
@@ -82,6 +82,10 @@ TEST(CudaScheduler, DeviceSamplerAgreesWithHostAndReplays) {
     differs_from_greedy += a[i] != host[i];
   }
   EXPECT_GT(differs_from_greedy, 0) << "temperature 0.9 gave the greedy tokens for every request";
+  // A client-given seed keeps a request on the host sampler: its tokens must not depend on
+  // whether the device sampler is there (nor, therefore, on the batch).
+  for (auto& r : reqs) r.sampling.seeded = true;
+  EXPECT_EQ(run_requests(gpu, f, true, reqs), run_requests(gpu, f, false, reqs));
 }
 
 }  // namespace

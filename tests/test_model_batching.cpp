@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "kernels/attention.h"
 #include "model/llama.h"
+#include "runtime/device.h"
 #include "runtime/random_model.h"
 
 using namespace anybit;
@@ -112,6 +113,32 @@ TEST(KVCache, SharedBlocksAreFreedByTheirLastUser) {
   EXPECT_EQ(kv.free_blocks(), 8);
   EXPECT_FALSE(kv.reserve(a, 16 * 9));
   EXPECT_TRUE(a.blocks.empty());
+}
+
+// A cache made for a GPU backend keeps only the bookkeeping; the CPU model refuses it with a
+// clear error and changes nothing. The byte budget counts the element size of the cache.
+TEST(KVCache, BookkeepingOnlyCacheAndElementSizes) {
+  ModelConfig cfg = named_shape("tiny");  // 4 layers, 2 kv heads of 32: 16 KiB per fp32 block
+  cfg.vocab = 256;
+  KVCache book(cfg, 8, 16, false);
+  EXPECT_FALSE(book.has_storage());
+  EXPECT_EQ(book.bytes(), 0u);
+  SequenceKV a;
+  ASSERT_TRUE(book.reserve(a, 40));  // block bookkeeping still works
+  book.release(a);
+  ModelFiles m = make_random_model(cfg, DType::F32, 4);
+  LlamaModel model(cfg, m.weights);
+  std::vector<int32_t> t(5, 7);
+  ForwardOutput out;
+  EXPECT_THROW(model.forward({BatchEntry{&a, t.data(), 5, false}}, book, out), Error);
+  EXPECT_TRUE(a.blocks.empty());
+  EXPECT_EQ(book.free_blocks(), 8);
+  const size_t block_f32 = size_t(4 * 2 * 2 * 16 * 32) * 4;
+  EXPECT_EQ(KVCache::blocks_for_bytes(cfg, 10 * block_f32), 10);
+  EXPECT_EQ(KVCache::blocks_for_bytes(cfg, 10 * block_f32, 16, kv_elem_bytes(Device::Cuda, std::nullopt, 32)), 20);
+  EXPECT_EQ(KVCache::blocks_for_bytes(cfg, 10 * block_f32, 16, kv_elem_bytes(Device::Cuda, DType::F32, 32)), 10);
+  EXPECT_EQ(KVCache::blocks_for_bytes(cfg, 10 * block_f32, 16, kv_elem_bytes(Device::Cuda, DType::I8, 32)), 35);
+  EXPECT_EQ(KVCache::blocks_for_bytes(cfg, 10 * block_f32, 16, kv_elem_bytes(Device::Cpu, DType::F16, 32)), 10);
 }
 
 TEST(Attention, OnlineSoftmaxMatchesTwoPassReference) {

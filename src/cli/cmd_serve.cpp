@@ -105,7 +105,9 @@ int serve(const ServeArgs& a) {
                       : a.model.ctx > 0                     ? a.model.ctx
                                                             : c.max_position;
   if (ctx <= 0) ctx = 4096;  // what the engine assumes when the model does not say
-  const size_t per_ctx = size_t(c.n_layers * 2 * c.n_kv_heads * c.head_dim) * sizeof(float) * size_t(ctx);
+  // Bytes of one full context in the cache the backend will keep (f16 by default on the GPU).
+  const double elem = kv_elem_bytes(resolve_device(a.model.device), parse_kv_dtype(a.model.kv_dtype), c.head_dim);
+  const size_t per_ctx = size_t(double(c.n_layers * 2 * c.n_kv_heads * c.head_dim) * elem * double(ctx));
   const size_t budget = a.kv_memory.empty() ? std::min(size_t(a.max_batch) * per_ctx, size_t(1) << 30)
                                             : parse_size(a.kv_memory);
   EngineOptions eo;
@@ -137,8 +139,9 @@ int serve(const ServeArgs& a) {
   auto& backend = engine->model();
   Scheduler sched([&backend](const std::vector<BatchEntry>& b, KVCache& kv, ForwardOutput& o) { backend.forward(b, kv, o); },
                   engine->config(), engine->kv(), tok, engine->config().eos_ids, so);
-  sched.set_device_sampler(
-      [&backend](const std::vector<SampleRequest>& r, std::vector<int32_t>& ids) { return backend.sample_last(r, ids); });
+  if (backend.has_device_sampler())
+    sched.set_device_sampler(
+        [&backend](const std::vector<SampleRequest>& r, std::vector<int32_t>& ids) { return backend.sample_last(r, ids); });
 
   server::ModelInfo info;
   info.id = a.alias.empty() ? model_id(path) : a.alias;

@@ -19,10 +19,15 @@ struct SequenceKV {
 
 class KVCache {
  public:
-  KVCache(const ModelConfig& cfg, int64_t n_blocks, int64_t block_size = 16);
+  // host_storage = false keeps only the block bookkeeping: for a backend that holds the data
+  // itself (LlamaCudaModel), so the host does not allocate an fp32 copy it never uses.
+  KVCache(const ModelConfig& cfg, int64_t n_blocks, int64_t block_size = 16, bool host_storage = true);
 
-  // Number of blocks that fit in `bytes` for this model.
-  static int64_t blocks_for_bytes(const ModelConfig& cfg, size_t bytes, int64_t block_size = 16);
+  // Number of blocks that fit in `bytes` for this model, at `elem_bytes` per cached value
+  // (4: fp32 on the host; the GPU's f16/bf16/i8 caches take less: kv_elem_bytes()).
+  static int64_t blocks_for_bytes(const ModelConfig& cfg, size_t bytes, int64_t block_size = 16,
+                                  double elem_bytes = 4.0);
+  bool has_storage() const { return !storage_.empty(); }
 
   int64_t block_size() const { return block_size_; }
   int64_t n_blocks() const { return n_blocks_; }
@@ -47,7 +52,7 @@ class KVCache {
   const float* v(int32_t block, int64_t layer, int64_t kv_head) const {
     return const_cast<KVCache*>(this)->slot_ptr(block, layer, 1, kv_head);
   }
-  size_t bytes() const { return storage_.size() * sizeof(float); }
+  size_t bytes() const { return storage_.size() * sizeof(float); }  // host storage (0 without)
 
  private:
   float* slot_ptr(int32_t block, int64_t layer, int64_t kv, int64_t head) {

@@ -194,6 +194,7 @@ void LlamaModel::mlp_block(const Layer& L, int64_t total) {
 }
 
 void LlamaModel::forward(const std::vector<BatchEntry>& batch, KVCache& kv, ForwardOutput& out) {
+  if (!kv.has_storage()) fail("forward: this KV cache has no host storage (it was made for a GPU backend)");
   int64_t total = 0, out_rows = 0;
   for (const auto& e : batch) {
     if (!e.seq || e.n_tokens <= 0 || !e.tokens) fail("forward: empty batch entry");

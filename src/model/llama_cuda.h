@@ -48,6 +48,7 @@ class LlamaCudaModel final : public ModelBackend {
   std::vector<int32_t> argmax_last();
   // Sampling on the device (kernels/sampling_cuda.h), one request per logits row.
   bool sample_last(const std::vector<SampleRequest>& req, std::vector<int32_t>& ids) override;
+  bool has_device_sampler() const override { return true; }
   // Graph replay for decode calls (default on; ANYBIT_CUDA_GRAPHS=0 turns it off).
   void set_graphs(bool on) { graphs_on_ = on; }
   int64_t graph_replays() const { return graph_replays_; }

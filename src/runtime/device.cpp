@@ -62,6 +62,12 @@ std::string device_name(Device d) { return d == Device::Cuda ? "cuda" : "cpu"; }
 
 std::unique_ptr<ModelBackend> make_cpu_backend(LlamaModel& model) { return std::make_unique<CpuBackend>(model); }
 
+double kv_elem_bytes(Device d, std::optional<DType> kv, int64_t head_dim) {
+  const DType t = d == Device::Cpu ? DType::F32 : kv.value_or(DType::F16);
+  if (t == DType::I8) return 1.0 + 4.0 / double(head_dim > 0 ? head_dim : 1);
+  return t == DType::F32 ? 4.0 : 2.0;
+}
+
 std::unique_ptr<ModelBackend> make_cuda_backend(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
                                                 DType kv_dtype) {
 #ifdef ANYBIT_WITH_CUDA

@@ -2,6 +2,7 @@
 // so generation, perplexity and benchmarks run unchanged on either.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,9 +28,14 @@ class ModelBackend {
     (void)req, (void)ids;
     return false;
   }
+  virtual bool has_device_sampler() const { return false; }
 };
 
 enum class Device { Cpu, Cuda };
+
+// Bytes per cached key/value element on device `d` with the --kv-dtype choice `kv` (unset =
+// auto: f16 on the GPU, f32 on the CPU); int8 rows carry one fp32 scale per head_dim values.
+double kv_elem_bytes(Device d, std::optional<DType> kv, int64_t head_dim);
 
 // True when this binary was built with CUDA and a CUDA device is visible.
 bool cuda_available();

@@ -25,7 +25,9 @@ Engine::Engine(ModelFiles files, const EngineOptions& opts) : files_(std::move(f
   if (max_context_ <= 0) max_context_ = 4096;
   const int64_t bs = 16;
   const int64_t per_seq = (max_context_ + bs - 1) / bs;
-  kv_ = std::make_unique<KVCache>(files_.config, per_seq * std::max<int64_t>(1, opts.max_sequences), bs);
+  // A GPU backend keeps the data on the device: the host cache is bookkeeping only.
+  kv_ = std::make_unique<KVCache>(files_.config, per_seq * std::max<int64_t>(1, opts.max_sequences), bs,
+                                  device_ == Device::Cpu);
 }
 
 std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOptions& opts,

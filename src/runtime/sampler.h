@@ -15,6 +15,9 @@ struct SamplingParams {
   float repetition_penalty = 1.0f; // 1 = off (CTRL-style: divide positive logits, multiply negative)
   int32_t repeat_last_n = 64;      // window the penalty looks at (-1 = whole history)
   uint64_t seed = 0;
+  // The client chose the seed (so it expects the same tokens however requests are batched):
+  // the scheduler then samples it on the host, never on the device.
+  bool seeded = false;
 
   void validate() const;  // throws anybit::Error on out-of-range values
 };

@@ -398,15 +398,20 @@ void Scheduler::after_forward(const std::vector<Planned>& plan, const ForwardOut
   // Rows that produce a token this step; with a device sampler and at least two of them, all
   // rows are sampled in one call (rows mid-prompt ride along as greedy requests, their ids
   // unused). One row is faster on the host (docs/PERFORMANCE.md).
+  // A request whose client gave a seed stays on the host: the device draws its token in another
+  // order, so the same seed would give other tokens depending on the batch. Greedy requests give
+  // the same token either way.
+  auto emits = [](const Seq& s) { return s.pending() == 0 && !s.finished; };
+  auto device_ok = [](const Seq& s) { return s.sampler.params().temperature == 0.0f || !s.sampler.params().seeded; };
+  size_t eligible = 0;
+  for (const Planned& p : plan) eligible += emits(*p.seq) && device_ok(*p.seq);
   bool on_device = false;
-  size_t emitting = 0;
-  for (const Planned& p : plan) emitting += p.seq->pending() == 0 && !p.seq->finished;
-  if (sample_ && emitting >= 2) {
+  if (sample_ && eligible >= 2) {
     static const SamplingParams kGreedy;
     std::vector<SampleRequest> req(plan.size());
     for (size_t i = 0; i < plan.size(); ++i) {
       Seq& s = *plan[i].seq;
-      if (s.pending() == 0 && !s.finished) req[i] = s.sampler.request(s.tokens, cfg_.vocab);
+      if (emits(s) && device_ok(s)) req[i] = s.sampler.request(s.tokens, cfg_.vocab);
       else req[i].params = &kGreedy;
     }
     on_device = sample_(req, device_ids_);
@@ -414,7 +419,7 @@ void Scheduler::after_forward(const std::vector<Planned>& plan, const ForwardOut
   for (size_t i = 0; i < plan.size(); ++i) {
     Seq& s = *plan[i].seq;
     register_prefix(s);
-    if (s.pending() == 0 && !s.finished) emit_token(s, out.row(i), on_device ? device_ids_[i] : -1);
+    if (emits(s)) emit_token(s, out.row(i), on_device && device_ok(s) ? device_ids_[i] : -1);
   }
 }
 

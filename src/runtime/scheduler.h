@@ -120,8 +120,9 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   SubmitResult submit(RequestParams p);
-  // Samples where the logits are (a GPU backend): one call per step for every row. Set before
-  // start(). Requests that ask for log-probabilities still read the host logits.
+  // Samples where the logits are (a GPU backend): one call per step for every row, when two or
+  // more rows emit a token and may use it (greedy, or sampled without a client seed). Set
+  // before start(). Log-probabilities still come from the host logits.
   void set_device_sampler(SampleFn fn) { sample_ = std::move(fn); }
 
   // One iteration: drop cancelled requests, admit waiting ones, run one forward

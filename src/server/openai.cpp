@@ -168,6 +168,7 @@ void parse_common(const json& j, const ModelInfo& m, ParsedRequest& r) {
   s.repetition_penalty = float(get_number(j, "repetition_penalty", 1.0, 0.01, 100.0));
   if (field(j, "seed")) {
     s.seed = uint64_t(get_int(j, "seed", 0, INT64_MIN, INT64_MAX));
+    s.seeded = true;
   } else {
     std::random_device rd;
     s.seed = (uint64_t(rd()) << 32) ^ rd();
