@@ -155,6 +155,7 @@ TEST(Scheduler, BatchedGreedyEqualsSoloAndGenerate) {
   }
   // And the single-sequence generate() agrees with the scheduler (EOS-stopping requests).
   EngineOptions eo;
+  eo.device = "cpu";  // the scheduler above ran the CPU model (on a GPU machine auto is cuda, f16 KV)
   Engine engine(load_model_files(std::string(ANYBIT_SOURCE_DIR) + "/models/tiny-llama"), eo);
   for (size_t i = 1; i < reqs.size(); i += 2) {
     GenerateOptions g;
