@@ -15,7 +15,9 @@
 # calib 0/1, or "mix:4.5"), LLAMA_TYPES ("Q8_0 Q6_K Q5_K_M Q4_K_M Q4_0 Q3_K_M Q2_K"),
 # QUANT_ARGS (extra `anybit quantize` arguments for every anybit row, e.g. "--refine 0
 # --reference-target 0" for the fourth session's calibrated quantizer; the calibrated rows
-# use the defaults otherwise: GPTQ toward the reference outputs with 3 refinement rounds).
+# use the defaults otherwise: GPTQ toward the reference outputs with 3 refinement rounds and,
+# since the sixth session, 4 rounds of coordinate descent on the codes; "--cd-passes 0" gives
+# the fifth session's quantizer, "--calib-tokens 1000000" all of calib.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ANYBIT=$(realpath "${1:-build/anybit}")
