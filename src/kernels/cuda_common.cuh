@@ -120,6 +120,21 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Sum (or max) of v over a block of THREADS threads; every thread gets the result. May be
+// called several times in a row (it synchronises before reusing its shared slots).
+template <int THREADS>
+__device__ __forceinline__ float block_reduce(float v, bool is_max) {
+  __shared__ float part[THREADS / 32];
+  __syncthreads();
+  v = is_max ? warp_max(v) : warp_sum(v);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+  __syncthreads();
+  float r = part[0];
+#pragma unroll
+  for (int w = 1; w < THREADS / 32; ++w) r = is_max ? fmaxf(r, part[w]) : r + part[w];
+  return r;
+}
+
 // Stores one row of head_dim fp32 values as the cache's dtype; int8 rows get their own
 // scale (max|x| / 127, codes rounded to nearest). One warp per row.
 template <DType D>

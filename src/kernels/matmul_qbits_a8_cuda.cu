@@ -161,10 +161,6 @@ __device__ __forceinline__ void k_step(const A8Params& p, const uint32_t* wa, co
   }
 }
 
-__device__ __forceinline__ float meta(const void* base, int f16, int64_t i) {
-  return f16 ? f16_bits(__ldg(static_cast<const unsigned short*>(base) + i)) : __ldg(static_cast<const float*>(base) + i);
-}
-
 // grid = (row blocks, K splits, token tiles of 8 * NT).
 template <int BITS, int NT, int LC>
 __global__ void __launch_bounds__(kA8Threads) qbits_a8_kernel(const A8Params p) {
@@ -217,9 +213,10 @@ __global__ void __launch_bounds__(kA8Threads) qbits_a8_kernel(const A8Params p) 
       for (int i = 0; i < SW; ++i) wa[i] = na[i], wb[i] = nb[i];
     }
     // value = s * (sum q*code - z * sum q): round(z) in int32, frac(z) in fp32.
-    const float sa = meta(p.w.scales, p.w.scales_f16, la * G + gi), sb = meta(p.w.scales, p.w.scales_f16, lb * G + gi);
-    const float za = p.w.asym ? meta(p.w.zeros, p.w.zeros_f16, la * G + gi) : p.w.zero_sym;
-    const float zb = p.w.asym ? meta(p.w.zeros, p.w.zeros_f16, lb * G + gi) : p.w.zero_sym;
+    const float sa = group_meta(p.w.scales, p.w.scales_f16, la * G + gi);
+    const float sb = group_meta(p.w.scales, p.w.scales_f16, lb * G + gi);
+    const float za = p.w.asym ? group_meta(p.w.zeros, p.w.zeros_f16, la * G + gi) : p.w.zero_sym;
+    const float zb = p.w.asym ? group_meta(p.w.zeros, p.w.zeros_f16, lb * G + gi) : p.w.zero_sym;
     const float zra = rintf(za), zrb = rintf(zb);
     const int zia = int(zra), zib = int(zrb);
     const float zfa = za - zra, zfb = zb - zrb;
@@ -289,18 +286,6 @@ __global__ void __launch_bounds__(kA8Threads) qbits_a8_kernel(const A8Params p) 
   }
 }
 
-__device__ __forceinline__ float block_reduce256(float v, bool is_max) {
-  __shared__ float part[kQuantThreads / 32];
-  __syncthreads();  // part may still be read from a previous call
-  v = is_max ? warp_max(v) : warp_sum(v);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
-  __syncthreads();
-  float r = part[0];
-#pragma unroll
-  for (int w = 1; w < kQuantThreads / 32; ++w) r = is_max ? fmaxf(r, part[w]) : r + part[w];
-  return r;
-}
-
 // One block per token row: x' = op(x) * (1/input_scale), its int8 codes (round half to
 // even, clamped to +-127), scale amax / 127 and per-group sums of the codes.
 template <InputOp OP>
@@ -315,7 +300,7 @@ __global__ void __launch_bounds__(kQuantThreads) qbits_a8_quantize(const float* 
   if constexpr (OP == InputOp::RmsNorm) {
     float ss = 0.0f;
     for (int64_t c = threadIdx.x; c < K; c += kQuantThreads) ss = fmaf(xr[c], xr[c], ss);
-    r = 1.0f / sqrtf(block_reduce256(ss, false) / float(K) + eps);
+    r = 1.0f / sqrtf(block_reduce<kQuantThreads>(ss, false) / float(K) + eps);
   }
   auto value = [&](int64_t c) {
     float v = xr[c];
@@ -326,7 +311,7 @@ __global__ void __launch_bounds__(kQuantThreads) qbits_a8_quantize(const float* 
   };
   float amax = 0.0f;
   for (int64_t c = threadIdx.x; c < K; c += kQuantThreads) amax = fmaxf(amax, fabsf(value(c)));
-  amax = block_reduce256(amax, true);
+  amax = block_reduce<kQuantThreads>(amax, true);
   const float qinv = amax > 0.0f ? 127.0f / amax : 0.0f;
   // Four consecutive columns per thread: the 8 threads of a 32-column chunk are 8 lanes
   // of one warp (K % 32 == 0), so a chunk's sum takes three shuffles.

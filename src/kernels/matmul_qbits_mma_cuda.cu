@@ -167,19 +167,6 @@ __global__ void __launch_bounds__(32 * kMmaWarps) qbits_mma_kernel(const MmaPara
   }
 }
 
-// Max over a block of 256 threads.
-__device__ __forceinline__ float block_max256(float v) {
-  __shared__ float part[8];
-  v = warp_max(v);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
-  __syncthreads();
-  v = threadIdx.x < 8 ? part[threadIdx.x] : 0.0f;
-  if (threadIdx.x < 32) v = warp_max(v);
-  if (threadIdx.x == 0) part[0] = v;
-  __syncthreads();
-  return part[0];
-}
-
 // x' = x * inv_s * 2^-e (per token row, |x'| <= 1) as f16; rscale = 2^e. One block per row.
 __global__ void qbits_mma_prepare(const float* x, int64_t ldx, int64_t K, const float* inv_s, __half* xh,
                                   float* rscale) {
@@ -188,7 +175,7 @@ __global__ void qbits_mma_prepare(const float* x, int64_t ldx, int64_t K, const 
   const float* xr = x + i * ldx;
   float amax = 0.0f;
   for (int64_t c = threadIdx.x; c < K; c += blockDim.x) amax = fmaxf(amax, fabsf(xr[c] * (inv_s ? inv_s[c] : 1.0f)));
-  amax = block_max256(amax);
+  amax = block_reduce<256>(amax, true);
   int e = 0;
   if (amax > 0.0f) frexpf(amax, &e);  // amax = f * 2^e, f in [0.5, 1)
   const float down = ldexpf(1.0f, -e);

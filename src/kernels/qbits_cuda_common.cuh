@@ -73,6 +73,11 @@ __device__ __forceinline__ uint32_t load_stream4(const void* p) {
   return r;
 }
 
+// Scale or zero point i of a weight's metadata array (f16 bits or fp32).
+__device__ __forceinline__ float group_meta(const void* base, int f16, int64_t i) {
+  return f16 ? f16_bits(__ldg(static_cast<const unsigned short*>(base) + i)) : __ldg(static_cast<const float*>(base) + i);
+}
+
 // One row's chunk: all planes' words, plus its scale and zero point.
 template <int BITS>
 struct Chunk {
@@ -99,13 +104,8 @@ __device__ __forceinline__ void load_chunk(const QParams& p, int64_t row, int64_
     o += W;
   }
   const int64_t gi = row * p.G + q / p.cpg;
-  c.s = p.scales_f16 ? f16_bits(__ldg(static_cast<const unsigned short*>(p.scales) + gi))
-                     : __ldg(static_cast<const float*>(p.scales) + gi);
-  if (p.asym)
-    c.z = p.zeros_f16 ? f16_bits(__ldg(static_cast<const unsigned short*>(p.zeros) + gi))
-                      : __ldg(static_cast<const float*>(p.zeros) + gi);
-  else
-    c.z = p.zero_sym;
+  c.s = group_meta(p.scales, p.scales_f16, gi);
+  c.z = p.asym ? group_meta(p.zeros, p.zeros_f16, gi) : p.zero_sym;
 }
 
 // The weight's part of QParams (matmul_qbits_cuda.cu), and the argument checks every
