@@ -168,7 +168,8 @@ TEST(CudaQbits, GemvMatchesDequantizedReference) {
 }
 
 // Shapes that take the other code paths: split-K over 2..8 warps (small N, long K), x
-// staged beyond 48 KiB of shared memory (long K at m = 4), many row groups per warp.
+// staged beyond 48 KiB of shared memory (long K at m = 4), many row groups per warp, row
+// groups interleaved over the blocks (N and K >= 4096).
 TEST(CudaQbits, GemvSplitKAndUnstagedPaths) {
   ANYBIT_REQUIRE_CUDA();
   const uint64_t seed = test::qbits_seed();
@@ -179,7 +180,7 @@ TEST(CudaQbits, GemvSplitKAndUnstagedPaths) {
     int64_t n, k;
   };
   for (const Case& c : {Case{4, 40, 4096}, Case{2, 37, 8192}, Case{3, 9, 16384}, Case{8, 6, 16384}, Case{5, 3000, 256},
-                        Case{7, 2, 2048}, Case{6, 1030, 12288}}) {
+                        Case{7, 2, 2048}, Case{6, 1030, 12288}, Case{3, 4100, 4096}}) {
     test::QSpec s;
     s.bits = c.bits, s.group = 128, s.asym = rng() % 2 == 0, s.input_scale = rng() % 2 == 0;
     s.rows = c.n, s.cols = c.k;

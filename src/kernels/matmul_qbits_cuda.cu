@@ -216,8 +216,11 @@ __global__ void __launch_bounds__(gemv_threads<M>(), 1) qbits_gemv_kernel(const 
   // This warp's work: items t = (row group rg0 + (t / T) * stride, chunk step t % T), T the
   // chunk steps of a K slice (the same for every lane; lanes past q_end skip their compute).
   const int T = (q_end - q_begin + 31) / 32;
+  // Row-group slot s of block b starts at s * grid + b: consecutive row groups go to
+  // different blocks, so a matrix with fewer row groups than resident warps still spreads
+  // over every SM (with contiguous slots the 8B q|k|v ran on 96 of 132 SMs).
   const int64_t rg_stride = int64_t(gridDim.x) * wpb;
-  const int64_t rg0 = int64_t(blockIdx.x) * wpb + warp / p.ks;
+  const int64_t rg0 = p.spread ? int64_t(warp / p.ks) * gridDim.x + blockIdx.x : int64_t(blockIdx.x) * wpb + warp / p.ks;
   const int total = rg0 < p.groups ? int((p.groups - 1 - rg0) / rg_stride + 1) * T : 0;
 
   auto row_of = [&](int64_t g, int r) { const int64_t n = g * kR + r; return n < p.N ? n : p.N - 1; };
@@ -428,7 +431,16 @@ void launch_op(QParams p, cudaStream_t s) {
     if (cost < best) best = cost, p.ks = ks;
   }
   const int wpb = kQWarps / p.ks;
-  const int64_t grid = std::min<int64_t>((p.groups + wpb - 1) / wpb, capacity);
+  // Interleaved slots (p.spread) where the rows are long and many: on an H100 the 8B shape's
+  // decode went from 367 to 373 t/s with them, while the 1B shape (K = 2048) fell from 1,582
+  // to 1,495 t/s, so short rows keep contiguous slots. ANYBIT_QBITS_GEMV_SPREAD=0/1 forces.
+  static const int spread_env = [] {
+    const char* e = std::getenv("ANYBIT_QBITS_GEMV_SPREAD");
+    return e ? std::atoi(e) : -1;
+  }();
+  const bool spread = spread_env >= 0 ? spread_env != 0 : (p.K >= 4096 && p.N >= 4096);
+  p.spread = spread ? 1 : 0;
+  const int64_t grid = std::min<int64_t>(spread ? p.groups : (p.groups + wpb - 1) / wpb, capacity);
   launch_pdl(kern, unsigned(grid), kQThreads, shm, s, p);
 }
 

@@ -60,6 +60,7 @@ struct QParams {
   int64_t ldy;
   int ks;          // warps per row group (split-K); > 1 means one row group per warp, no loop
   int64_t groups;  // row groups of kR rows
+  int spread;      // GEMV: row-group slots interleaved over blocks (see qbits_gemv_kernel)
 };
 
 __device__ __forceinline__ uint2 load_stream8(const void* p) {
