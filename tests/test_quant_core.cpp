@@ -359,6 +359,23 @@ double sum(const std::vector<double>& v) {
   return s;
 }
 
+// Round-to-nearest grids per group of `group` columns (scales multiplied by `stretch` and
+// rounded to f16 when stretch != 1) and each weight's nearest code on its grid.
+void nearest_codes(const std::vector<float>& w, int64_t n, int64_t k, int64_t group, const GroupFormat& f, float stretch,
+                   std::vector<GroupParams>& p, std::vector<uint8_t>& codes) {
+  const int64_t G = k / group;
+  p.assign(size_t(n * G), GroupParams{});
+  codes.assign(size_t(n * k), 0);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t g = 0; g < G; ++g) {
+      const float* wg = w.data() + r * k + g * group;
+      GroupParams gp = rtn_params(wg, group, f);
+      if (stretch != 1.0f) gp.scale = round_meta(gp.scale * stretch, DType::F16);
+      p[size_t(r * G + g)] = gp;
+      encode_group(wg, group, f, gp, codes.data() + r * k + g * group);
+    }
+}
+
 }  // namespace
 
 TEST(QuantRefine, RefitReachesTheRowOptimumAndNeverIncreasesTheError) {
@@ -536,14 +553,9 @@ TEST(QuantCoordinateDescent, SweepsNeverRaiseARowsErrorAndEndAtACoordinateMinimu
       const GroupFormat f{bits, asym, DType::F16};
       const std::string what = "bits " + std::to_string(bits) + (asym ? " asym" : " sym");
       // Round-to-nearest codes: each column rounded on its own, far from the joint optimum.
-      std::vector<GroupParams> p(size_t(n * G));
-      std::vector<uint8_t> codes(size_t(n * k));
-      for (int64_t r = 0; r < n; ++r)
-        for (int64_t g = 0; g < G; ++g) {
-          const float* wg = w.data() + r * k + g * group;
-          p[size_t(r * G + g)] = rtn_params(wg, group, f);
-          encode_group(wg, group, f, p[size_t(r * G + g)], codes.data() + r * k + g * group);
-        }
+      std::vector<GroupParams> p;
+      std::vector<uint8_t> codes;
+      nearest_codes(w, n, k, group, f, 1.0f, p, codes);
       auto errors = [&] { return row_output_errors(w.data(), dequantize_codes(codes.data(), p, n, k, group).data(), n, k, h.data()); };
       const std::vector<double> start = errors();
       std::vector<double> prev = start;
@@ -604,7 +616,7 @@ TEST(QuantCoordinateDescent, BeatsOrMatchesGptqOnEveryRow) {
 }
 
 TEST(QuantCoordinateDescent, GroupSearchNeverRaisesARowsErrorAndEscapesBadGrids) {
-  const int64_t n = 16, k = 256, m = 1024, group = 64, G = k / group;
+  const int64_t n = 16, k = 256, m = 1024, group = 64;
   const std::vector<float> w = normal(size_t(n * k), 0.02f), x = correlated_inputs(m, k);
   const std::vector<float> h = hessian_of(x, m, k);
   for (int bits : {2, 3})
@@ -613,16 +625,9 @@ TEST(QuantCoordinateDescent, GroupSearchNeverRaisesARowsErrorAndEscapesBadGrids)
       const std::string what = "bits " + std::to_string(bits) + (asym ? " asym" : " sym");
       // Grids stretched 1.6x, codes nearest on them, then converged sweeps and refits: a local
       // minimum of the sweeps and the refit.
-      std::vector<GroupParams> p(size_t(n * G));
-      std::vector<uint8_t> codes(size_t(n * k));
-      for (int64_t r = 0; r < n; ++r)
-        for (int64_t g = 0; g < G; ++g) {
-          const float* wg = w.data() + r * k + g * group;
-          GroupParams gp = rtn_params(wg, group, f);
-          gp.scale = round_meta(gp.scale * 1.6f, DType::F16);
-          p[size_t(r * G + g)] = gp;
-          encode_group(wg, group, f, gp, codes.data() + r * k + g * group);
-        }
+      std::vector<GroupParams> p;
+      std::vector<uint8_t> codes;
+      nearest_codes(w, n, k, group, f, 1.6f, p, codes);
       cd_refine(w.data(), n, k, group, f, h.data(), p, codes.data(), 20);
       auto errors = [&] { return row_output_errors(w.data(), dequantize_codes(codes.data(), p, n, k, group).data(), n, k, h.data()); };
       const std::vector<double> before = errors();
