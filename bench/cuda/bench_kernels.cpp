@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -28,7 +29,74 @@ using namespace anybit;
 using namespace anybit::cuda;
 using namespace anybit::cuda::bench;
 
-// `anybit_cuda_bench attention|a8|sampling|qgemv` runs only that section.
+namespace {
+
+// W4A16 GEMM at the 8B layer shapes for m = 1, 4, 16, 64: the any-bit kernels (GEMV for
+// m <= 4, the tensor-core mma_qbits, and the dequantize + cuBLAS path it replaced) against
+// cuBLAS on the same shapes with fp16 weights and activations (the baseline).
+// Times inside a CUDA graph; "x cuBLAS" is cuBLAS fp16 time / ours.
+void bench_w4_gemm(std::mt19937_64& rng) {
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+    InputOp op;
+  };
+  {
+#ifdef ANYBIT_WITH_CUBLAS
+    cublasHandle_t hb = nullptr;
+    if (cublasCreate(&hb) != CUBLAS_STATUS_SUCCESS) std::printf("cuBLAS unavailable\n");
+#endif
+    std::printf("\n| W4A16 g128 | shape NxK | m | ours (us) | path | dequant+cuBLAS (us) | cuBLAS fp16 (us) | x cuBLAS |\n");
+    std::printf("|---|---|---|---|---|---|---|---|\n");
+    const Shape gshapes[] = {{"8B qkv", 6144, 4096, InputOp::None}, {"8B o", 4096, 4096, InputOp::None},
+                             {"8B gate_up", 28672, 4096, InputOp::None}, {"8B down", 4096, 14336, InputOp::None}};
+    for (const Shape& s : gshapes) {
+      const QbitsGpuPack pack = pack_qbits_for_gpu(*make_random_qweight(s.n, s.k, 4, 128, false, 7));
+      QbitsDeviceAlloc wq = upload_qbits(pack);
+      void* scratch = nullptr;
+      ANYBIT_CUDA_CHECK(cudaMalloc(&scratch, qbits_scratch_bytes(wq.w)));
+      void* wh = random_device_bytes(size_t(s.n * s.k) * 2, DType::F16, rng);
+      for (int64_t m : {1, 4, 16, 64}) {
+        float* x = static_cast<float*>(random_device_bytes(size_t(m * s.k) * 4, DType::F32, rng));
+        void* xh = random_device_bytes(size_t(m * s.k) * 2, DType::F16, rng);
+        float* y = nullptr;
+        void* yh = nullptr;
+        ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&y), size_t(m * s.n) * 4));
+        ANYBIT_CUDA_CHECK(cudaMalloc(&yh, size_t(m * s.n) * 2));
+        LinearArgs a;
+        a.x = x, a.m = m, a.ldx = s.k, a.y = y, a.ldy = s.n;
+        const double ours = median_graph_us([&](int, cudaStream_t st) { linear_qbits(a, wq.w, scratch, st); }, 15);
+        double deq = 0;
+        if (m > kGemvMaxRows) {
+          reserve_gemm_workspace(m, s.k, s.n, nullptr);
+          deq = median_us([&](int) { gemm_qbits(a, wq.w, scratch, nullptr); }, 7);
+        }
+        double cub = 0;
+#ifdef ANYBIT_WITH_CUBLAS
+        if (hb) cub = cublas_f16_us(hb, s.n, m, s.k, wh, xh, yh, 15);
+#endif
+        const char* path = m <= kGemvMaxRows ? "gemv" : m <= kMmaMaxRows ? "mma" : "dequant+gemm";
+        std::printf("| W4A16 g128 | %s %lldx%lld | %lld | %.1f | %s | %s | %.1f | %.2f |\n", s.name, (long long)s.n,
+                    (long long)s.k, (long long)m, ours, path, deq > 0 ? std::to_string(deq).substr(0, 6).c_str() : "-",
+                    cub, cub > 0 ? cub / ours : 0.0);
+        cudaFree(x);
+        cudaFree(xh);
+        cudaFree(y);
+        cudaFree(yh);
+      }
+      cudaFree(wh);
+      cudaFree(scratch);
+      free_qbits(wq);
+    }
+#ifdef ANYBIT_WITH_CUBLAS
+    if (hb) cublasDestroy(hb);
+#endif
+  }
+}
+
+}  // namespace
+
+// `anybit_cuda_bench attention|a8|sampling|qgemv|w4gemm` runs only that section.
 int main(int argc, char** argv) {
   if (device_count() == 0) {
     std::printf("no CUDA device\n");
@@ -52,6 +120,10 @@ int main(int argc, char** argv) {
   std::printf("| kernel | shape | median us | GB/s | %% of copy |\n|---|---|---|---|---|\n");
   std::printf("| D2D copy | 1 GiB | %.1f | %.0f | 100 |\n", copy_us, copy_gbs);
   const std::string only = argc > 1 ? argv[1] : "";
+  if (only == "w4gemm") {
+    bench_w4_gemm(rng);
+    return 0;
+  }
   if (only == "attention") {
     bench_attention(copy_gbs, rng);
     return 0;
@@ -118,8 +190,11 @@ int main(int argc, char** argv) {
       {"8B gate_up (norm)", 28672, 4096, InputOp::RmsNorm}, {"8B down", 4096, 14336, InputOp::None},
       {"8B lm_head (norm)", 8192, 4096, InputOp::RmsNorm},
   };
+  // ANYBIT_BENCH_QSHAPE=name (a part of a shape's name): only that W4 shape, for profiling.
+  const char* only_shape = std::getenv("ANYBIT_BENCH_QSHAPE");
   for (int bits : {4, 2, 8}) {
     for (const Shape& s : qshapes) {
+      if (only_shape && (bits != 4 || !std::strstr(s.name, only_shape))) continue;
       const QbitsGpuPack pack = pack_qbits_for_gpu(*make_random_qweight(s.n, s.k, bits, 128, false, 7));
       const size_t wbytes = pack.weight_bytes();
       const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
@@ -145,64 +220,55 @@ int main(int argc, char** argv) {
       for (auto& w : ws) free_qbits(w);
     }
   }
+  if (only_shape) return 0;
+  // The four GEMVs of an 8B W4 layer back to back (q|k|v, o, gate|up with SwiGLU pairs,
+  // down), two layers' weights alternating (230 MB, more than L2), as the decode step runs
+  // them: what the transitions between kernels cost, which the per-matrix figures hide.
+  {
+    const Shape layer[] = {qshapes[0], qshapes[1], qshapes[2], qshapes[3]};
+    std::vector<QbitsDeviceAlloc> ws;
+    size_t layer_bytes = 0;
+    for (int copy = 0; copy < 2; ++copy)
+      for (const Shape& s : layer) {
+        const QbitsGpuPack pack = pack_qbits_for_gpu(*make_random_qweight(s.n, s.k, 4, 128, false, 11 + copy));
+        if (copy == 0) layer_bytes += pack.weight_bytes();
+        ws.push_back(upload_qbits(pack));
+      }
+    float* xb = static_cast<float*>(random_device_bytes(size_t(28672) * 4, DType::F32, rng));
+    float* nw = static_cast<float*>(random_device_bytes(size_t(4096) * 4, DType::F32, rng));
+    float *qkv = nullptr, *act = nullptr;
+    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&qkv), size_t(6144) * 4));
+    ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&act), size_t(14336) * 4));
+    const double us = median_graph_us(
+        [&](int j, cudaStream_t st) {
+          const QbitsDeviceAlloc* w = &ws[size_t(j % 2) * 4];
+          LinearArgs a;  // x (the residual stream) -> RMSNorm -> q|k|v
+          a.x = xb, a.m = 1, a.ldx = 4096, a.op = InputOp::RmsNorm, a.norm_w = nw, a.y = qkv, a.ldy = 6144;
+          gemv_qbits(a, w[0].w, st);
+          LinearArgs o;  // attention output (here: q) -> o, added to the residual stream
+          o.x = qkv, o.m = 1, o.ldx = 4096, o.y = xb, o.ldy = 4096, o.accumulate = true;
+          gemv_qbits(o, w[1].w, st);
+          LinearArgs g;  // RMSNorm -> gate|up with SiLU(gate)*up written
+          g.x = xb, g.m = 1, g.ldx = 4096, g.op = InputOp::RmsNorm, g.norm_w = nw, g.y = act, g.ldy = 28672;
+          g.silu_pairs = true;
+          gemv_qbits(g, w[2].w, st);
+          LinearArgs d;  // down, added to the residual stream
+          d.x = act, d.m = 1, d.ldx = 14336, d.y = xb, d.ldy = 4096, d.accumulate = true;
+          gemv_qbits(d, w[3].w, st);
+        },
+        15);
+    const double gbs = double(layer_bytes) / us / 1e3;
+    std::printf("| gemv_qbits w4a16 g128 m=1 | 8B layer: qkv, o, gate_up, down | %.1f | %.0f | %.0f |\n", us, gbs,
+                100.0 * gbs / copy_gbs);
+    cudaFree(xb);
+    cudaFree(nw);
+    cudaFree(qkv);
+    cudaFree(act);
+    for (auto& w : ws) free_qbits(w);
+  }
   if (only == "qgemv") return 0;
 
-  // W4A16 GEMM at the 8B layer shapes for m = 1, 4, 16, 64: the any-bit kernels (GEMV for
-  // m <= 4, the tensor-core mma_qbits above, and the dequantize + cuBLAS path it replaced)
-  // against cuBLAS on the same shapes with fp16 weights and activations (the issue's
-  // baseline). Times inside a CUDA graph; "x cuBLAS" is cuBLAS fp16 time / ours.
-  {
-#ifdef ANYBIT_WITH_CUBLAS
-    cublasHandle_t hb = nullptr;
-    if (cublasCreate(&hb) != CUBLAS_STATUS_SUCCESS) std::printf("cuBLAS unavailable\n");
-#endif
-    std::printf("\n| W4A16 g128 | shape NxK | m | ours (us) | path | dequant+cuBLAS (us) | cuBLAS fp16 (us) | x cuBLAS |\n");
-    std::printf("|---|---|---|---|---|---|---|---|\n");
-    const Shape gshapes[] = {{"8B qkv", 6144, 4096, InputOp::None}, {"8B o", 4096, 4096, InputOp::None},
-                             {"8B gate_up", 28672, 4096, InputOp::None}, {"8B down", 4096, 14336, InputOp::None}};
-    for (const Shape& s : gshapes) {
-      const QbitsGpuPack pack = pack_qbits_for_gpu(*make_random_qweight(s.n, s.k, 4, 128, false, 7));
-      QbitsDeviceAlloc wq = upload_qbits(pack);
-      void* scratch = nullptr;
-      ANYBIT_CUDA_CHECK(cudaMalloc(&scratch, qbits_scratch_bytes(wq.w)));
-      void* wh = random_device_bytes(size_t(s.n * s.k) * 2, DType::F16, rng);
-      for (int64_t m : {1, 4, 16, 64}) {
-        float* x = static_cast<float*>(random_device_bytes(size_t(m * s.k) * 4, DType::F32, rng));
-        void* xh = random_device_bytes(size_t(m * s.k) * 2, DType::F16, rng);
-        float* y = nullptr;
-        void* yh = nullptr;
-        ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&y), size_t(m * s.n) * 4));
-        ANYBIT_CUDA_CHECK(cudaMalloc(&yh, size_t(m * s.n) * 2));
-        LinearArgs a;
-        a.x = x, a.m = m, a.ldx = s.k, a.y = y, a.ldy = s.n;
-        const double ours = median_graph_us([&](int, cudaStream_t st) { linear_qbits(a, wq.w, scratch, st); }, 15);
-        double deq = 0;
-        if (m > kGemvMaxRows) {
-          reserve_gemm_workspace(m, s.k, s.n, nullptr);
-          deq = median_us([&](int) { gemm_qbits(a, wq.w, scratch, nullptr); }, 7);
-        }
-        double cub = 0;
-#ifdef ANYBIT_WITH_CUBLAS
-        if (hb) cub = cublas_f16_us(hb, s.n, m, s.k, wh, xh, yh, 15);
-#endif
-        const char* path = m <= kGemvMaxRows ? "gemv" : m <= kMmaMaxRows ? "mma" : "dequant+gemm";
-        std::printf("| W4A16 g128 | %s %lldx%lld | %lld | %.1f | %s | %s | %.1f | %.2f |\n", s.name, (long long)s.n,
-                    (long long)s.k, (long long)m, ours, path, deq > 0 ? std::to_string(deq).substr(0, 6).c_str() : "-",
-                    cub, cub > 0 ? cub / ours : 0.0);
-        cudaFree(x);
-        cudaFree(xh);
-        cudaFree(y);
-        cudaFree(yh);
-      }
-      cudaFree(wh);
-      cudaFree(scratch);
-      free_qbits(wq);
-    }
-#ifdef ANYBIT_WITH_CUBLAS
-    if (hb) cublasDestroy(hb);
-#endif
-  }
-
+  bench_w4_gemm(rng);
   bench_attention(copy_gbs, rng);
   ANYBIT_CUDA_CHECK(cudaDeviceSynchronize());
   return 0;

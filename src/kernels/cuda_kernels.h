@@ -111,6 +111,10 @@ void free_qbits(QbitsDeviceAlloc& a);
 // (correct but re-reads W; linear_qbits takes mma_qbits there). x (and norm_w) must be 16-byte
 // aligned with ldx % 4 == 0. Enqueue only: graph-capturable.
 void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s);
+// Which kernel gemv_qbits runs: 1 the tensor-core GEMV (m <= 8 per launch), 0 the SIMT one
+// (m <= 4), 2 (default) chosen per call by m and K (ANYBIT_QBITS_GEMV_TC=0/1 forces). For
+// tests and A/B measurements; not synchronised with launches on other threads.
+void set_qbits_gemv_tc(int mode);
 // Prefill (any m, op None only): W dequantized to bf16 into `scratch` (at least
 // qbits_scratch_bytes(w) bytes, 256-byte aligned, device), then the bf16 tensor-core gemm().
 size_t qbits_scratch_bytes(const QbitsDeviceWeight& w);

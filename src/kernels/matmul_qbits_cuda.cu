@@ -29,6 +29,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -54,46 +55,6 @@ __host__ __device__ constexpr int gemv_threads() { return M == 1 ? 512 : 256; }
 constexpr int kR = 4;                  // output rows per warp
 constexpr int kChunkWords = 20;        // 16 half2 of x per chunk + 4 words of padding
 constexpr size_t kMaxSmem = 220 * 1024;  // below the 227 KiB opt-in limit of sm_90
-
-template <int D>
-__device__ __forceinline__ uint32_t shift_by(uint32_t v) {
-  if constexpr (D > 0) return v >> D;
-  else if constexpr (D < 0) return v << (-D);
-  else return v;
-}
-
-// Pair pi of the chunk as the half2 bits (1024 + q_lo * 2^P, 1024 + q_hi * 2^P).
-template <int BITS, int PI>
-__device__ __forceinline__ uint32_t pair_bits(const uint32_t* w) {
-  constexpr int P = code_pos(BITS, PI);
-  uint32_t v = 0x64006400u;
-  // Unrolled by hand over the (at most three) planes: every shift and mask is a constant.
-  {
-    constexpr int W = plane_width(BITS, 0);
-    constexpr int per = 16 / W, pos = W * (PI % per);
-    constexpr uint32_t mask = ((1u << W) - 1u) << P;
-    v |= shift_by<pos - P>(w[PI / per]) & (mask | mask << 16);
-  }
-  if constexpr (plane_count(BITS) > 1) {
-    constexpr int W = plane_width(BITS, 1), at = P + plane_shift(BITS, 1);
-    constexpr int per = 16 / W, pos = W * (PI % per);
-    constexpr uint32_t mask = ((1u << W) - 1u) << at;
-    v |= shift_by<pos - at>(w[plane_width(BITS, 0) + PI / per]) & (mask | mask << 16);
-  }
-  if constexpr (plane_count(BITS) > 2) {
-    constexpr int W = plane_width(BITS, 2), at = P + plane_shift(BITS, 2);
-    constexpr int per = 16 / W, pos = W * (PI % per);
-    constexpr uint32_t mask = ((1u << W) - 1u) << at;
-    v |= shift_by<pos - at>(w[plane_width(BITS, 0) + plane_width(BITS, 1) + PI / per]) & (mask | mask << 16);
-  }
-  return v;
-}
-
-__device__ __forceinline__ __half2 as_h2(uint32_t v) { return *reinterpret_cast<__half2*>(&v); }
-__device__ __forceinline__ __half2 h2_const(unsigned short b) {
-  const __half h = __ushort_as_half(b);
-  return __halves2half2(h, h);
-}
 
 // Sum over the 16 pairs of one chunk, for kR rows and M rows of x: acc[r][i] (half2).
 // Independent f16 accumulators per (row, x row): two at m = 1 so that the dependent HFMA2
@@ -136,10 +97,6 @@ __device__ __forceinline__ void chunk_block(const Chunk<BITS> (&c)[kR], const __
 // so warps to switch between matter more than a deeper ring.
 constexpr int kRing = 2;
 
-__device__ __forceinline__ void named_barrier(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-
 // Every lane holds every total after the butterfly sums; lane r*M + i writes (r, i), or
 // with SiLU pairs lane j*M + i writes silu(gate_j) * up_j from rows 2j, 2j+1 (kR is even
 // and n0 a multiple of kR, so pairs never split).
@@ -178,26 +135,6 @@ __device__ __forceinline__ void write_out(const QParams& p, int64_t n0, int lane
       p.y[i * p.ldy + n / 2] = silu(g) * u;
     }
   }
-}
-
-// op(x)[i][c] * 1/input_scale, RMSNorm's 1/rms left out (applied to the result).
-template <InputOp OP>
-__device__ __forceinline__ float2 op_x2(const QParams& p, int i, int c, float2& raw) {
-  const float* xr = p.x + i * p.ldx;
-  float2 v = *reinterpret_cast<const float2*>(xr + c);
-  raw = v;
-  if constexpr (OP == InputOp::RmsNorm) {
-    const float2 g = *reinterpret_cast<const float2*>(p.norm_w + c);
-    v.x *= g.x, v.y *= g.y;
-  } else if constexpr (OP == InputOp::SiluMul) {
-    const float2 u = *reinterpret_cast<const float2*>(xr + p.K + c);
-    v.x = silu(v.x) * u.x, v.y = silu(v.y) * u.y;
-  }
-  if (p.inv_s) {
-    const float2 s = *reinterpret_cast<const float2*>(p.inv_s + c);
-    v.x *= s.x, v.y *= s.y;
-  }
-  return v;
 }
 
 template <int BITS, int M, InputOp OP>
@@ -607,6 +544,25 @@ void free_qbits(QbitsDeviceAlloc& a) {
   a = QbitsDeviceAlloc{};
 }
 
+namespace {
+// Which m <= 8 GEMV runs (set_qbits_gemv_tc; ANYBIT_QBITS_GEMV_TC=0/1 forces one). Auto:
+// the tensor-core GEMV for m >= 2, where it is 1.5-2.3x the SIMT one on the 8B shapes,
+// and for long rows (K >= 8192) at m = 1; the SIMT GEMV for the other m = 1 matrices,
+// where it was faster on an H100 (8B gate|up 30.0 vs 32.6 us, q|k|v 10.1 vs 11.3 us).
+std::atomic<int> g_gemv_tc{-1};
+bool use_gemv_tc(int64_t m, int64_t K) {
+  int v = g_gemv_tc.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("ANYBIT_QBITS_GEMV_TC");
+    v = e ? (std::atoi(e) != 0 ? 1 : 0) : 2;
+    g_gemv_tc.store(v, std::memory_order_relaxed);
+  }
+  return v == 1 || (v == 2 && (m >= 2 || K >= 12288));
+}
+}  // namespace
+
+void set_qbits_gemv_tc(int mode) { g_gemv_tc.store(mode == 0 || mode == 1 ? mode : 2, std::memory_order_relaxed); }
+
 void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s) {
   if (a.m <= 0) return;
   check_weight(w);
@@ -621,8 +577,20 @@ void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s)
   if (a.silu_pairs && (w.rows % 2 != 0 || a.accumulate))
     fail("CUDA gemv_qbits: SiLU pairs need an even row count and no accumulate (N = {})", w.rows);
   if (a.ldy < (a.silu_pairs ? w.rows / 2 : w.rows)) fail("CUDA gemv_qbits: ldy = {} is too small", a.ldy);
-  // x rows per launch: as many as fit in shared memory (at most 4). Larger batches run the
-  // GEMV once per group of rows: correct for every op, but W is re-read (see gemm_qbits).
+  // x rows per launch: as many as fit in shared memory (at most 8 on the tensor-core path,
+  // 4 on the SIMT one). Larger batches run the GEMV once per group of rows: correct for
+  // every op, but W is re-read (see gemm_qbits).
+  const int tc_rows = use_gemv_tc(a.m, w.cols) ? gemv_tc_max_rows(w.cols) : 0;
+  if (tc_rows > 0) {
+    for (int64_t i0 = 0; i0 < a.m; i0 += tc_rows) {
+      LinearArgs b = a;
+      b.x = a.x + i0 * a.ldx;
+      b.y = a.y + i0 * a.ldy;
+      b.m = std::min<int64_t>(tc_rows, a.m - i0);
+      gemv_qbits_tc(b, w, s);
+    }
+    return;
+  }
   const int64_t nch = w.cols / 32;
   int M = 4;
   while (M > 1 && stage_bytes(M, nch) > kMaxSmem) M /= 2;

@@ -86,13 +86,14 @@ struct Chunk {
   float s, z;
 };
 
+// All planes' words of chunk rc = row * nch + q.
 template <int BITS>
-__device__ __forceinline__ void load_chunk(const QParams& p, int64_t row, int64_t q, Chunk<BITS>& c) {
+__device__ __forceinline__ void load_planes(const QParams& p, int64_t rc, Chunk<BITS>& c) {
   int o = 0;
 #pragma unroll
   for (int pl = 0; pl < plane_count(BITS); ++pl) {
     const int W = plane_width(BITS, pl);
-    const uint8_t* a = p.plane[pl] + (row * p.nch + q) * (4 * W);
+    const uint8_t* a = p.plane[pl] + rc * (4 * W);
     if (W == 4) {
       const uint4 r = load_stream(a);
       c.w[o] = r.x, c.w[o + 1] = r.y, c.w[o + 2] = r.z, c.w[o + 3] = r.w;
@@ -104,10 +105,102 @@ __device__ __forceinline__ void load_chunk(const QParams& p, int64_t row, int64_
     }
     o += W;
   }
+}
+
+template <int BITS>
+__device__ __forceinline__ void load_chunk(const QParams& p, int64_t row, int64_t q, Chunk<BITS>& c) {
+  load_planes<BITS>(p, row * p.nch + q, c);
   const int64_t gi = row * p.G + q / p.cpg;
   c.s = group_meta(p.scales, p.scales_f16, gi);
   c.z = p.asym ? group_meta(p.zeros, p.zeros_f16, gi) : p.zero_sym;
 }
+
+template <int D>
+__device__ __forceinline__ uint32_t shift_by(uint32_t v) {
+  if constexpr (D > 0) return v >> D;
+  else if constexpr (D < 0) return v << (-D);
+  else return v;
+}
+
+// (a & mask) | c in one LOP3. Written out because with two immediates (mask and the
+// exponent bits of 1024) the compiler emits an AND and an OR: an H100 profile of the
+// tensor-core GEMV showed 65 LOP3 per 64 weights where 32 do.
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(mask), "r"(c));
+  return d;
+}
+
+// Pair pi of the chunk as the half2 bits (1024 + q_lo * 2^P, 1024 + q_hi * 2^P).
+template <int BITS, int PI>
+__device__ __forceinline__ uint32_t pair_bits(const uint32_t* w) {
+  constexpr int P = code_pos(BITS, PI);
+  uint32_t v;
+  // Unrolled by hand over the (at most three) planes: every shift and mask is a constant.
+  {
+    constexpr int W = plane_width(BITS, 0);
+    constexpr int per = 16 / W, pos = W * (PI % per);
+    constexpr uint32_t mask = ((1u << W) - 1u) << P;
+    v = and_or(shift_by<pos - P>(w[PI / per]), mask | mask << 16, 0x64006400u);
+  }
+  if constexpr (plane_count(BITS) > 1) {
+    constexpr int W = plane_width(BITS, 1), at = P + plane_shift(BITS, 1);
+    constexpr int per = 16 / W, pos = W * (PI % per);
+    constexpr uint32_t mask = ((1u << W) - 1u) << at;
+    v = and_or(shift_by<pos - at>(w[plane_width(BITS, 0) + PI / per]), mask | mask << 16, v);
+  }
+  if constexpr (plane_count(BITS) > 2) {
+    constexpr int W = plane_width(BITS, 2), at = P + plane_shift(BITS, 2);
+    constexpr int per = 16 / W, pos = W * (PI % per);
+    constexpr uint32_t mask = ((1u << W) - 1u) << at;
+    v = and_or(shift_by<pos - at>(w[plane_width(BITS, 0) + plane_width(BITS, 1) + PI / per]), mask | mask << 16, v);
+  }
+  return v;
+}
+
+__device__ __forceinline__ __half2 as_h2(uint32_t v) { return *reinterpret_cast<__half2*>(&v); }
+__device__ __forceinline__ __half2 h2_const(unsigned short b) {
+  const __half h = __ushort_as_half(b);
+  return __halves2half2(h, h);
+}
+
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+// op(x)[i][c] * 1/input_scale, RMSNorm's 1/rms left out (applied to the result).
+template <InputOp OP>
+__device__ __forceinline__ float2 op_x2(const QParams& p, int i, int c, float2& raw) {
+  const float* xr = p.x + i * p.ldx;
+  float2 v = *reinterpret_cast<const float2*>(xr + c);
+  raw = v;
+  if constexpr (OP == InputOp::RmsNorm) {
+    const float2 g = *reinterpret_cast<const float2*>(p.norm_w + c);
+    v.x *= g.x, v.y *= g.y;
+  } else if constexpr (OP == InputOp::SiluMul) {
+    const float2 u = *reinterpret_cast<const float2*>(xr + p.K + c);
+    v.x = silu(v.x) * u.x, v.y = silu(v.y) * u.y;
+  }
+  if (p.inv_s) {
+    const float2 s = *reinterpret_cast<const float2*>(p.inv_s + c);
+    v.x *= s.x, v.y *= s.y;
+  }
+  return v;
+}
+
+// load_chunk by precomputed indices: chunk rc = row * nch + q, group gi = row * G + q / cpg
+// (the tensor-core GEMV advances them by additions; 32 bits suffice for one matrix).
+template <int BITS>
+__device__ __forceinline__ void load_chunk_idx(const QParams& p, uint32_t rc, uint32_t gi, Chunk<BITS>& c) {
+  load_planes<BITS>(p, int64_t(rc), c);
+  c.s = group_meta(p.scales, p.scales_f16, gi);
+  c.z = p.asym ? group_meta(p.zeros, p.zeros_f16, gi) : p.zero_sym;
+}
+
+// The tensor-core GEMV (matmul_qbits_gemv_tc_cuda.cu): the most x rows one launch takes at
+// this K (0: x does not fit in shared memory), and one launch for a.m <= that many rows.
+int gemv_tc_max_rows(int64_t K);
+void gemv_qbits_tc(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s);
 
 // The weight's part of QParams (matmul_qbits_cuda.cu), and the argument checks every
 // QBITS kernel entry point makes.
