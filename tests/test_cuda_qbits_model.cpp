@@ -281,8 +281,9 @@ void compare_with_cpu(const ModelFiles& f, uint64_t seed, const Bounds& bd = Bou
     step({{0, &n[0], 1, false}, {1, &n[1], 1, false}, {2, &n[2], 1, false}},
          "batched decode of 3 sequences, step " + std::to_string(i));
   }
-  // Six sequences decoding at once: m = 6 > kGemvMaxRows takes the dequantize + GEMM path
-  // inside the graph capture.
+  // Six sequences decoding at once: m = 6 > kGemvMaxRows leaves the fused-input path (the
+  // QBITS weights still take the tensor-core GEMV up to kQbitsGemvMaxRows) inside the graph
+  // capture.
   const auto d = toks(6);
   step({{3, &d[0], 2, false}, {4, &d[2], 2, false}, {5, &d[4], 2, false}}, "three 2-token prefills");
   for (int i = 0; i < 2; ++i) {

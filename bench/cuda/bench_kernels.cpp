@@ -56,7 +56,7 @@ void bench_w4_gemm(std::mt19937_64& rng) {
       void* scratch = nullptr;
       ANYBIT_CUDA_CHECK(cudaMalloc(&scratch, qbits_scratch_bytes(wq.w)));
       void* wh = random_device_bytes(size_t(s.n * s.k) * 2, DType::F16, rng);
-      for (int64_t m : {1, 4, 16, 64}) {
+      for (int64_t m : {1, 4, 8, 16, 64}) {
         float* x = static_cast<float*>(random_device_bytes(size_t(m * s.k) * 4, DType::F32, rng));
         void* xh = random_device_bytes(size_t(m * s.k) * 2, DType::F16, rng);
         float* y = nullptr;
@@ -67,7 +67,7 @@ void bench_w4_gemm(std::mt19937_64& rng) {
         a.x = x, a.m = m, a.ldx = s.k, a.y = y, a.ldy = s.n;
         const double ours = median_graph_us([&](int, cudaStream_t st) { linear_qbits(a, wq.w, scratch, st); }, 15);
         double deq = 0;
-        if (m > kGemvMaxRows) {
+        if (m > kQbitsGemvMaxRows) {
           reserve_gemm_workspace(m, s.k, s.n, nullptr);
           deq = median_us([&](int) { gemm_qbits(a, wq.w, scratch, nullptr); }, 7);
         }
@@ -75,7 +75,7 @@ void bench_w4_gemm(std::mt19937_64& rng) {
 #ifdef ANYBIT_WITH_CUBLAS
         if (hb) cub = cublas_f16_us(hb, s.n, m, s.k, wh, xh, yh, 15);
 #endif
-        const char* path = m <= kGemvMaxRows ? "gemv" : m <= kMmaMaxRows ? "mma" : "dequant+gemm";
+        const char* path = m <= kQbitsGemvMaxRows ? "gemv" : m <= kMmaMaxRows ? "mma" : "dequant+gemm";
         std::printf("| W4A16 g128 | %s %lldx%lld | %lld | %.1f | %s | %s | %.1f | %.2f |\n", s.name, (long long)s.n,
                     (long long)s.k, (long long)m, ours, path, deq > 0 ? std::to_string(deq).substr(0, 6).c_str() : "-",
                     cub, cub > 0 ? cub / ours : 0.0);

@@ -73,10 +73,10 @@ int run_bench(const BenchArgs& a) {
       const bool a8 = q.act_bits == 8;
       const std::string tg_kernel = !gpu ? qbits_kernel_name(q, 1)
                                     : a8 ? fmt::format("cuda a8_qbits w{}a8 (int8 mma)", q.bits)
-                                         : fmt::format("cuda gemv_qbits w{}a16", q.bits);
+                                         : fmt::format("cuda gemv_qbits w{}a16 (SIMT; tensor-core for K >= 12288)", q.bits);
       const std::string pp_kernel = !gpu     ? qbits_kernel_name(q, pm)
                                     : a8     ? tg_kernel
-                                    : pm <= 4 ? tg_kernel
+                                    : pm <= 8 ? fmt::format("cuda gemv_qbits w{}a16 (tensor-core)", q.bits)
                                     : pm <= 64 ? fmt::format("cuda mma_qbits w{}a16", q.bits)
                                                : std::string("cuda dequantize to bf16 + gemm");
       qbits_line = fmt::format("qbits: {} bits, group {}, {}: {:.3f} bits per weight; kernel tg (m=1): {}, pp (m={}): {}",

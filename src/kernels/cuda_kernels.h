@@ -68,6 +68,9 @@ struct LinearArgs {
 
 // Largest m the fused GEMV path takes; above it linear() runs the tiled GEMM.
 constexpr int64_t kGemvMaxRows = 4;
+// Largest m linear_qbits sends to gemv_qbits (the tensor-core GEMV reads the weights once
+// for up to 8 rows of x); above it mma_qbits.
+constexpr int64_t kQbitsGemvMaxRows = 8;
 
 // y = op(x) · W^T (+ bias) (+ y). GEMV for m <= kGemvMaxRows when K suits 16-byte loads,
 // tiled GEMM otherwise (op must then be None).
@@ -133,7 +136,7 @@ void mma_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, c
 // aligned). Graph-capturable. The A16 entry points above refuse act_bits 8 weights.
 size_t qbits_a8_scratch_bytes(const QbitsDeviceWeight& w);
 void a8_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);
-// a8_qbits for act_bits 8; else gemv_qbits for m <= kGemvMaxRows, mma_qbits up to
+// a8_qbits for act_bits 8; else gemv_qbits for m <= kQbitsGemvMaxRows, mma_qbits up to
 // kMmaMaxRows, else gemm_qbits (op must then be None). `scratch` holds
 // qbits_scratch_bytes(w), which covers every path.
 void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);

@@ -545,10 +545,11 @@ void free_qbits(QbitsDeviceAlloc& a) {
 }
 
 namespace {
-// Which m <= 8 GEMV runs (set_qbits_gemv_tc; ANYBIT_QBITS_GEMV_TC=0/1 forces one). Auto:
-// the tensor-core GEMV for m >= 2, where it is 1.5-2.3x the SIMT one on the 8B shapes,
-// and for long rows (K >= 8192) at m = 1; the SIMT GEMV for the other m = 1 matrices,
-// where it was faster on an H100 (8B gate|up 30.0 vs 32.6 us, q|k|v 10.1 vs 11.3 us).
+// Which GEMV runs (set_qbits_gemv_tc; ANYBIT_QBITS_GEMV_TC=0/1 forces one). Auto: the
+// tensor-core GEMV for m >= 2 (2.0-2.3x the SIMT one at m = 4 on the 8B shapes, H100) and
+// for long rows (K >= 12288) at m = 1 (8B down 18.5 vs 20.5 us); the SIMT GEMV for the
+// other m = 1 matrices, where it is faster (8B gate|up 28.6 vs 30.8 us, q|k|v 9.6 vs 10.8;
+// the 1B shape's down, K = 8192, also ran faster on it).
 std::atomic<int> g_gemv_tc{-1};
 bool use_gemv_tc(int64_t m, int64_t K) {
   int v = g_gemv_tc.load(std::memory_order_relaxed);
@@ -639,7 +640,9 @@ void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch
     return !(e && std::string(e) == "0");
   }();
   if (w.act_bits == 8) a8_qbits(a, w, scratch, s);
-  else if (a.m <= kGemvMaxRows) gemv_qbits(a, w, s);
+  // m = 5..8 only where the tensor-core GEMV takes all rows in one launch (else W is re-read).
+  else if (a.m <= kGemvMaxRows || (a.m <= kQbitsGemvMaxRows && use_gemv_tc(a.m, w.cols) && a.m <= gemv_tc_max_rows(w.cols)))
+    gemv_qbits(a, w, s);
   else if (mma && a.m <= kMmaMaxRows) mma_qbits(a, w, scratch, s);
   else gemm_qbits(a, w, scratch, s);
 }
