@@ -426,6 +426,7 @@ QParams weight_params(const QbitsDeviceWeight& w) {
   p.scales_f16 = w.scales_f16 ? 1 : 0, p.zeros_f16 = w.zeros_f16 ? 1 : 0, p.asym = w.asymmetric ? 1 : 0;
   p.zero_sym = float(1 << (w.bits - 1));
   p.G = int(w.cols / w.group), p.cpg = w.group / 32;
+  p.cpg_shift = p.cpg == 1 ? 0 : p.cpg == 2 ? 1 : p.cpg == 4 ? 2 : p.cpg == 8 ? 3 : -1;
   p.inv_s = w.inv_input_scale;
   return p;
 }
@@ -560,6 +561,8 @@ bool use_gemv_tc(int64_t m, int64_t K) {
   }
   return v == 1 || (v == 2 && (m >= 2 || K >= 12288));
 }
+// The tensor-core GEMV's group indexing handles 32-, 64- and 128-column groups (the format's).
+bool tc_group(const QbitsDeviceWeight& w) { return w.group == 32 || w.group == 64 || w.group == 128; }
 }  // namespace
 
 void set_qbits_gemv_tc(int mode) { g_gemv_tc.store(mode == 0 || mode == 1 ? mode : 2, std::memory_order_relaxed); }
@@ -581,7 +584,7 @@ void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s)
   // x rows per launch: as many as fit in shared memory (at most 8 on the tensor-core path,
   // 4 on the SIMT one). Larger batches run the GEMV once per group of rows: correct for
   // every op, but W is re-read (see gemm_qbits).
-  const int tc_rows = use_gemv_tc(a.m, w.cols) ? gemv_tc_max_rows(w.cols) : 0;
+  const int tc_rows = tc_group(w) && use_gemv_tc(a.m, w.cols) ? gemv_tc_max_rows(w.cols) : 0;
   if (tc_rows > 0) {
     for (int64_t i0 = 0; i0 < a.m; i0 += tc_rows) {
       LinearArgs b = a;
@@ -641,7 +644,8 @@ void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch
   }();
   if (w.act_bits == 8) a8_qbits(a, w, scratch, s);
   // m = 5..8 only where the tensor-core GEMV takes all rows in one launch (else W is re-read).
-  else if (a.m <= kGemvMaxRows || (a.m <= kQbitsGemvMaxRows && use_gemv_tc(a.m, w.cols) && a.m <= gemv_tc_max_rows(w.cols)))
+  else if (a.m <= kGemvMaxRows || (a.m <= kQbitsGemvMaxRows && tc_group(w) && use_gemv_tc(a.m, w.cols) &&
+                                  a.m <= gemv_tc_max_rows(w.cols)))
     gemv_qbits(a, w, s);
   else if (mma && a.m <= kMmaMaxRows) mma_qbits(a, w, scratch, s);
   else gemm_qbits(a, w, scratch, s);

@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) qbits_gemv_tc_kernel(const QPar
   // and rows past N read the last valid ones (x is zero there, the rows are not stored);
   // past the warp's work the cursor stops, so no load needs a predicate.
   const uint32_t nchu = uint32_t(nch), Gu = uint32_t(p.G);
-  const int cpg_shift = p.cpg == 4 ? 2 : p.cpg == 2 ? 1 : 0;  // groups of 128 / 64 / 32
+  const int cpg_shift = p.cpg_shift;  // groups of 128 / 64 / 32 columns (gemv_qbits checks)
   uint32_t f_row[2] = {0, 0}, f_grp[2] = {0, 0};  // rows g, g + 8 of the fetched tile: row * nch, row * G
   int f_q = s_begin * 4 + t, fj = 0, fetched = 0;
   int64_t ftile = tile0;
@@ -371,6 +371,7 @@ void gemv_qbits_tc(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t
   p.accumulate = a.accumulate ? 1 : 0, p.pair = a.silu_pairs ? 1 : 0;
   p.y = a.y, p.ldy = a.ldy;
   if (p.m < 1 || p.m > gemv_tc_max_rows(w.cols)) fail("CUDA gemv_qbits_tc: {} rows do not fit (K = {})", p.m, w.cols);
+  if (p.cpg_shift < 0 || p.cpg > 4) fail("CUDA gemv_qbits_tc: group {} is not 32, 64 or 128", w.group);
   // Scales applied after the mma only where a 128-column step is exactly one group.
   const bool pre = w.group != 128;
   switch (w.bits) {
