@@ -1,13 +1,13 @@
-// W{2..8}A16 GEMV on the tensor cores (decode, m <= 8 per launch) for the QBITS format, in
-// its GPU layout (kernels/qbits_cuda_pack.h): the default decode path on sm_80+.
+// W{2..8}A16 GEMV on the tensor cores (m <= 8 per launch) for the QBITS format, in its GPU
+// layout (kernels/qbits_cuda_pack.h). gemv_qbits (matmul_qbits_cuda.cu) runs it for m >= 2,
+// where it is about twice the SIMT GEMV, and for long rows at m = 1.
 //
 // Design, and why:
-// - The SIMT GEMV (matmul_qbits_cuda.cu) spends about five issued instructions per 4-bit
-//   weight (conversion and an f16 multiply-add per pair, the per-chunk fp32 tail): on an
-//   H100 its gate|up ran at half the issue rate with the schedulers still the bound, and
-//   2-bit weights took as long as 4-bit ones. Here the products go to mma.sync.m16n8k16:
-//   per pair of weights one field extraction and one HFMA2 turning it into q - round(z),
-//   then one mma per 256 weights of a warp.
+// - The SIMT GEMV spends about five issued instructions per 4-bit weight (conversion and an
+//   f16 multiply-add per pair, the per-chunk fp32 tail), and at m > 1 it repeats the
+//   multiply-adds per row of x. Here the products go to mma.sync.m16n8k16: per pair of
+//   weights one field extraction and one HFMA2 turning it into q - round(z), then one mma
+//   per 256 weights of a warp, for up to 8 rows of x at once.
 // - A warp owns a tile of 16 weight rows; lane (g, t) = (lane / 4, lane % 4) loads rows
 //   g and g + 8 of chunk 4s + t (32 columns, 16 bytes at 4 bits) at step s, so a warp's
 //   load of one row covers 4 consecutive chunks (64 contiguous bytes). The k order inside
