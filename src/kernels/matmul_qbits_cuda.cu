@@ -547,7 +547,7 @@ void free_qbits(QbitsDeviceAlloc& a) {
 
 namespace {
 // Which GEMV runs (set_qbits_gemv_tc; ANYBIT_QBITS_GEMV_TC=0/1 forces one). Auto: the
-// tensor-core GEMV for m >= 2 (2.0-2.3x the SIMT one at m = 4 on the 8B shapes, H100) and
+// tensor-core GEMV for m >= 2 (1.7-2.3x the SIMT one at m = 4 on the 8B shapes, H100) and
 // for long rows (K >= 12288) at m = 1 (8B down 18.5 vs 20.5 us); the SIMT GEMV for the
 // other m = 1 matrices, where it is faster (8B gate|up 28.6 vs 30.8 us, q|k|v 9.6 vs 10.8;
 // the 1B shape's down, K = 8192, also ran faster on it).
