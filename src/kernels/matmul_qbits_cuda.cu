@@ -431,17 +431,22 @@ QParams weight_params(const QbitsDeviceWeight& w) {
   return p;
 }
 
+QParams gemv_params(const LinearArgs& a, const QbitsDeviceWeight& w) {
+  QParams p = weight_params(w);
+  p.x = a.x, p.ldx = a.ldx, p.m = int(a.m);
+  p.norm_w = a.norm_w, p.eps = a.eps, p.bias = a.bias;
+  p.accumulate = a.accumulate ? 1 : 0, p.pair = a.silu_pairs ? 1 : 0;
+  p.y = a.y, p.ldy = a.ldy;
+  return p;
+}
+
 }  // namespace qdetail
 
 namespace {
 
 // One launch for m <= M rows of x, M in {1, 2, 4}.
 void gemv_qbits_block(const LinearArgs& a, const QbitsDeviceWeight& w, int M, cudaStream_t s) {
-  QParams p = weight_params(w);
-  p.x = a.x, p.ldx = a.ldx, p.m = int(a.m);
-  p.norm_w = a.norm_w, p.eps = a.eps, p.bias = a.bias;
-  p.accumulate = a.accumulate ? 1 : 0, p.pair = a.silu_pairs ? 1 : 0;
-  p.y = a.y, p.ldy = a.ldy;
+  QParams p = gemv_params(a, w);
   p.groups = (w.rows + kR - 1) / kR;
   switch (w.bits) {
     case 2: launch_bits<2>(p, a.op, M, s); break;
@@ -561,8 +566,12 @@ bool use_gemv_tc(int64_t m, int64_t K) {
   }
   return v == 1 || (v == 2 && (m >= 2 || K >= 12288));
 }
-// The tensor-core GEMV's group indexing handles 32-, 64- and 128-column groups (the format's).
-bool tc_group(const QbitsDeviceWeight& w) { return w.group == 32 || w.group == 64 || w.group == 128; }
+// x rows per tensor-core GEMV launch for this call, 0 where the SIMT GEMV runs. Its group
+// indexing handles the format's 32-, 64- and 128-column groups only.
+int tc_rows(int64_t m, const QbitsDeviceWeight& w) {
+  const bool group_ok = w.group == 32 || w.group == 64 || w.group == 128;
+  return group_ok && use_gemv_tc(m, w.cols) ? gemv_tc_max_rows(w.cols) : 0;
+}
 }  // namespace
 
 void set_qbits_gemv_tc(int mode) { g_gemv_tc.store(mode == 0 || mode == 1 ? mode : 2, std::memory_order_relaxed); }
@@ -584,27 +593,21 @@ void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s)
   // x rows per launch: as many as fit in shared memory (at most 8 on the tensor-core path,
   // 4 on the SIMT one). Larger batches run the GEMV once per group of rows: correct for
   // every op, but W is re-read (see gemm_qbits).
-  const int tc_rows = tc_group(w) && use_gemv_tc(a.m, w.cols) ? gemv_tc_max_rows(w.cols) : 0;
-  if (tc_rows > 0) {
-    for (int64_t i0 = 0; i0 < a.m; i0 += tc_rows) {
-      LinearArgs b = a;
-      b.x = a.x + i0 * a.ldx;
-      b.y = a.y + i0 * a.ldy;
-      b.m = std::min<int64_t>(tc_rows, a.m - i0);
-      gemv_qbits_tc(b, w, s);
-    }
-    return;
+  const int tc = tc_rows(a.m, w);
+  int M = tc;
+  if (tc == 0) {
+    const int64_t nch = w.cols / 32;
+    M = 4;
+    while (M > 1 && stage_bytes(M, nch) > kMaxSmem) M /= 2;
+    if (stage_bytes(M, nch) > kMaxSmem) fail("CUDA gemv_qbits: K = {} is too long for shared-memory staging", w.cols);
   }
-  const int64_t nch = w.cols / 32;
-  int M = 4;
-  while (M > 1 && stage_bytes(M, nch) > kMaxSmem) M /= 2;
-  if (stage_bytes(M, nch) > kMaxSmem) fail("CUDA gemv_qbits: K = {} is too long for shared-memory staging", w.cols);
   for (int64_t i0 = 0; i0 < a.m; i0 += M) {
     LinearArgs b = a;
     b.x = a.x + i0 * a.ldx;
     b.y = a.y + i0 * a.ldy;
     b.m = std::min<int64_t>(M, a.m - i0);
-    gemv_qbits_block(b, w, b.m <= 1 ? 1 : b.m <= 2 ? 2 : 4, s);
+    if (tc > 0) gemv_qbits_tc(b, w, s);
+    else gemv_qbits_block(b, w, b.m <= 1 ? 1 : b.m <= 2 ? 2 : 4, s);
   }
 }
 
@@ -644,8 +647,7 @@ void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch
   }();
   if (w.act_bits == 8) a8_qbits(a, w, scratch, s);
   // m = 5..8 only where the tensor-core GEMV takes all rows in one launch (else W is re-read).
-  else if (a.m <= kGemvMaxRows || (a.m <= kQbitsGemvMaxRows && tc_group(w) && use_gemv_tc(a.m, w.cols) &&
-                                  a.m <= gemv_tc_max_rows(w.cols)))
+  else if (a.m <= kGemvMaxRows || (a.m <= kQbitsGemvMaxRows && a.m <= tc_rows(a.m, w)))
     gemv_qbits(a, w, s);
   else if (mma && a.m <= kMmaMaxRows) mma_qbits(a, w, scratch, s);
   else gemm_qbits(a, w, scratch, s);

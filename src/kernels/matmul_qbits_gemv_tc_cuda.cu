@@ -365,11 +365,7 @@ int gemv_tc_max_rows(int64_t K) {
 }
 
 void gemv_qbits_tc(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s) {
-  QParams p = weight_params(w);
-  p.x = a.x, p.ldx = a.ldx, p.m = int(a.m);
-  p.norm_w = a.norm_w, p.eps = a.eps, p.bias = a.bias;
-  p.accumulate = a.accumulate ? 1 : 0, p.pair = a.silu_pairs ? 1 : 0;
-  p.y = a.y, p.ldy = a.ldy;
+  QParams p = gemv_params(a, w);
   if (p.m < 1 || p.m > gemv_tc_max_rows(w.cols)) fail("CUDA gemv_qbits_tc: {} rows do not fit (K = {})", p.m, w.cols);
   if (p.cpg_shift < 0 || p.cpg > 4) fail("CUDA gemv_qbits_tc: group {} is not 32, 64 or 128", w.group);
   // Scales applied after the mma only where a 128-column step is exactly one group.

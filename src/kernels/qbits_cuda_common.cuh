@@ -208,6 +208,8 @@ void gemv_qbits_tc(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t
 // The weight's part of QParams (matmul_qbits_cuda.cu), and the argument checks every
 // QBITS kernel entry point makes.
 QParams weight_params(const QbitsDeviceWeight& w);
+// weight_params plus the call's x, op inputs and y (the two GEMVs).
+QParams gemv_params(const LinearArgs& a, const QbitsDeviceWeight& w);
 void check_weight(const QbitsDeviceWeight& w);
 // The fp-activation (A16) kernels refuse act_bits 8 weights, naming the entry point.
 void check_a16(const QbitsDeviceWeight& w, const char* what);
