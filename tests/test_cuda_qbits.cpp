@@ -170,7 +170,7 @@ TEST(CudaQbits, GemvMatchesDequantizedReference) {
             s.cols = int64_t(group) * int64_t(1 + rng() % (1024 / group));
             s.f32_meta = rng() % 4 == 0;
             const Weight w(test::random_qweight(s, rng));
-            for (int64_t m : {1, 2, 3, 4, 7})
+            for (int64_t m : {1, 2, 3, 4, 7, 12, 16})
               for (auto op : {cuda::InputOp::None, cuda::InputOp::RmsNorm, cuda::InputOp::SiluMul}) {
                 check_gemv(rng, w, m, op, rng() % 2 == 0, rng() % 2 == 0);
                 if (HasFatalFailure()) return;
@@ -200,7 +200,7 @@ TEST(CudaQbits, GemvSplitKAndUnstagedPaths) {
       s.bits = c.bits, s.group = 128, s.asym = rng() % 2 == 0, s.input_scale = rng() % 2 == 0;
       s.rows = c.n, s.cols = c.k;
       const Weight w(test::random_qweight(s, rng));
-      for (int64_t m : {1, 2, 4})
+      for (int64_t m : {1, 2, 4, 16})
         for (auto op : {cuda::InputOp::None, cuda::InputOp::RmsNorm, cuda::InputOp::SiluMul}) {
           check_gemv(rng, w, m, op, true, op == cuda::InputOp::SiluMul);
           if (HasFatalFailure()) return;
@@ -219,7 +219,7 @@ TEST(CudaQbits, GemvSiluPairs) {
     const GemvPath path(tc);
     SCOPED_TRACE(path_name(tc));
     for (int bits : {2, 4, 5, 8})
-      for (int64_t m : {1, 3, 4, 6}) {
+      for (int64_t m : {1, 3, 4, 6, 11}) {
         test::QSpec s;
         s.bits = bits, s.group = 64, s.asym = bits == 5, s.input_scale = bits == 8;
         s.rows = 2 * int64_t(1 + rng() % 200), s.cols = 64 * int64_t(1 + rng() % 16);
@@ -280,7 +280,7 @@ TEST(CudaQbits, GemvExactOnSmallIntegerInputs) {
         s.f32_meta = asym && rng() % 2 == 0;  // fractional zeros: the frac(z) * sum x path
         const Weight w(test::random_qweight(s, rng));
         const int64_t N = s.rows, K = s.cols;
-        for (int64_t m : {1, 2, 4}) {
+        for (int64_t m : {1, 2, 4, 13}) {
           SCOPED_TRACE(fmt::format("exact bits={} asym={} group={} N={} K={} m={}", bits, asym, s.group, N, K, m));
           std::vector<float> x(size_t(m * K));
           for (auto& v : x) v = float(int(rng() % 3) - 1);

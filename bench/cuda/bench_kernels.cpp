@@ -31,8 +31,9 @@ using namespace anybit::cuda::bench;
 
 namespace {
 
-// W4A16 GEMM at the 8B layer shapes for m = 1, 4, 16, 64: the any-bit kernels (GEMV for
-// m <= 4, the tensor-core mma_qbits, and the dequantize + cuBLAS path it replaced) against
+// W4A16 GEMM at the 8B layer shapes for m = 1, 4, 8, 12, 16, 64: the path linear_qbits
+// takes (SIMT or tensor-core GEMV, mma_qbits, dequantize + cuBLAS), mma_qbits alone for
+// m > 4 (the batched path the m <= 16 GEMV replaces where x fits), against
 // cuBLAS on the same shapes with fp16 weights and activations (the baseline).
 // Times inside a CUDA graph; "x cuBLAS" is cuBLAS fp16 time / ours.
 void bench_w4_gemm(std::mt19937_64& rng) {
@@ -46,8 +47,8 @@ void bench_w4_gemm(std::mt19937_64& rng) {
     cublasHandle_t hb = nullptr;
     if (cublasCreate(&hb) != CUBLAS_STATUS_SUCCESS) std::printf("cuBLAS unavailable\n");
 #endif
-    std::printf("\n| W4A16 g128 | shape NxK | m | ours (us) | path | dequant+cuBLAS (us) | cuBLAS fp16 (us) | x cuBLAS |\n");
-    std::printf("|---|---|---|---|---|---|---|---|\n");
+    std::printf("\n| W4A16 g128 | shape NxK | m | ours (us) | path | mma_qbits (us) | dequant+cuBLAS (us) | cuBLAS fp16 (us) | x cuBLAS |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|\n");
     const Shape gshapes[] = {{"8B qkv", 6144, 4096, InputOp::None}, {"8B o", 4096, 4096, InputOp::None},
                              {"8B gate_up", 28672, 4096, InputOp::None}, {"8B down", 4096, 14336, InputOp::None}};
     for (const Shape& s : gshapes) {
@@ -56,7 +57,7 @@ void bench_w4_gemm(std::mt19937_64& rng) {
       void* scratch = nullptr;
       ANYBIT_CUDA_CHECK(cudaMalloc(&scratch, qbits_scratch_bytes(wq.w)));
       void* wh = random_device_bytes(size_t(s.n * s.k) * 2, DType::F16, rng);
-      for (int64_t m : {1, 4, 8, 16, 64}) {
+      for (int64_t m : {1, 4, 8, 12, 16, 64}) {
         float* x = static_cast<float*>(random_device_bytes(size_t(m * s.k) * 4, DType::F32, rng));
         void* xh = random_device_bytes(size_t(m * s.k) * 2, DType::F16, rng);
         float* y = nullptr;
@@ -66,19 +67,21 @@ void bench_w4_gemm(std::mt19937_64& rng) {
         LinearArgs a;
         a.x = x, a.m = m, a.ldx = s.k, a.y = y, a.ldy = s.n;
         const double ours = median_graph_us([&](int, cudaStream_t st) { linear_qbits(a, wq.w, scratch, st); }, 15);
-        double deq = 0;
+        double deq = 0, mma = 0;
         if (m > kQbitsGemvMaxRows) {
           reserve_gemm_workspace(m, s.k, s.n, nullptr);
           deq = median_us([&](int) { gemm_qbits(a, wq.w, scratch, nullptr); }, 7);
         }
+        if (m > kGemvMaxRows && m <= kMmaMaxRows)
+          mma = median_graph_us([&](int, cudaStream_t st) { mma_qbits(a, wq.w, scratch, st); }, 15);
         double cub = 0;
 #ifdef ANYBIT_WITH_CUBLAS
         if (hb) cub = cublas_f16_us(hb, s.n, m, s.k, wh, xh, yh, 15);
 #endif
-        const char* path = m <= kQbitsGemvMaxRows ? "gemv" : m <= kMmaMaxRows ? "mma" : "dequant+gemm";
-        std::printf("| W4A16 g128 | %s %lldx%lld | %lld | %.1f | %s | %s | %.1f | %.2f |\n", s.name, (long long)s.n,
-                    (long long)s.k, (long long)m, ours, path, deq > 0 ? std::to_string(deq).substr(0, 6).c_str() : "-",
-                    cub, cub > 0 ? cub / ours : 0.0);
+        const char* path = linear_qbits_path(m, wq.w);
+        std::printf("| W4A16 g128 | %s %lldx%lld | %lld | %.1f | %s | %s | %s | %.1f | %.2f |\n", s.name, (long long)s.n,
+                    (long long)s.k, (long long)m, ours, path, mma > 0 ? std::to_string(mma).substr(0, 6).c_str() : "-",
+                    deq > 0 ? std::to_string(deq).substr(0, 6).c_str() : "-", cub, cub > 0 ? cub / ours : 0.0);
         cudaFree(x);
         cudaFree(xh);
         cudaFree(y);

@@ -70,7 +70,7 @@ struct LinearArgs {
 constexpr int64_t kGemvMaxRows = 4;
 // Largest m linear_qbits sends to gemv_qbits (the tensor-core GEMV reads the weights once
 // for up to 8 rows of x); above it mma_qbits.
-constexpr int64_t kQbitsGemvMaxRows = 8;
+constexpr int64_t kQbitsGemvMaxRows = 16;
 
 // y = op(x) · W^T (+ bias) (+ y). GEMV for m <= kGemvMaxRows when K suits 16-byte loads,
 // tiled GEMM otherwise (op must then be None).
@@ -114,7 +114,8 @@ void free_qbits(QbitsDeviceAlloc& a);
 // (correct but re-reads W; linear_qbits takes mma_qbits there). x (and norm_w) must be 16-byte
 // aligned with ldx % 4 == 0. Enqueue only: graph-capturable.
 void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s);
-// Which kernel gemv_qbits runs: 1 the tensor-core GEMV (m <= 8 per launch), 0 the SIMT one
+// Which kernel gemv_qbits runs: 1 the tensor-core GEMV (m <= 16 per launch where x fits in
+// shared memory: up to K of about 4,900 at m = 16), 0 the SIMT one
 // (m <= 4), 2 (default) chosen per call by m and K (ANYBIT_QBITS_GEMV_TC=0/1 forces). For
 // tests and A/B measurements; not synchronised with launches on other threads.
 void set_qbits_gemv_tc(int mode);
@@ -136,10 +137,13 @@ void mma_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, c
 // aligned). Graph-capturable. The A16 entry points above refuse act_bits 8 weights.
 size_t qbits_a8_scratch_bytes(const QbitsDeviceWeight& w);
 void a8_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);
-// a8_qbits for act_bits 8; else gemv_qbits for m <= kQbitsGemvMaxRows, mma_qbits up to
+// a8_qbits for act_bits 8; else gemv_qbits for m <= kGemvMaxRows and for m <=
+// kQbitsGemvMaxRows where one tensor-core GEMV launch takes every row, mma_qbits up to
 // kMmaMaxRows, else gemm_qbits (op must then be None). `scratch` holds
 // qbits_scratch_bytes(w), which covers every path.
 void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s);
+// The kernel linear_qbits runs for m rows: "a8", "gemv-simt", "gemv-tc", "mma" or "dequant+gemm".
+const char* linear_qbits_path(int64_t m, const QbitsDeviceWeight& w);
 
 void rmsnorm(const float* x, int64_t ldx, const float* w, int64_t m, int64_t n, float eps, float* out,
              int64_t ldo, cudaStream_t s);

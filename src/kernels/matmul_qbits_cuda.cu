@@ -590,7 +590,7 @@ void gemv_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t s)
   if (a.silu_pairs && (w.rows % 2 != 0 || a.accumulate))
     fail("CUDA gemv_qbits: SiLU pairs need an even row count and no accumulate (N = {})", w.rows);
   if (a.ldy < (a.silu_pairs ? w.rows / 2 : w.rows)) fail("CUDA gemv_qbits: ldy = {} is too small", a.ldy);
-  // x rows per launch: as many as fit in shared memory (at most 8 on the tensor-core path,
+  // x rows per launch: as many as fit in shared memory (at most 16 on the tensor-core path,
   // 4 on the SIMT one). Larger batches run the GEMV once per group of rows: correct for
   // every op, but W is re-read (see gemm_qbits).
   const int tc = tc_rows(a.m, w);
@@ -639,18 +639,48 @@ void gemm_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, 
   gemm(a, d, s);
 }
 
-void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s) {
+namespace {
+enum class QPath { A8, Gemv, Mma, Dequant };
+QPath linear_path(int64_t m, const QbitsDeviceWeight& w) {
   // ANYBIT_QBITS_MMA=0 sends batched rows to the dequantize + GEMM path (for comparisons).
   static const bool mma = [] {
     const char* e = std::getenv("ANYBIT_QBITS_MMA");
     return !(e && std::string(e) == "0");
   }();
-  if (w.act_bits == 8) a8_qbits(a, w, scratch, s);
-  // m = 5..8 only where the tensor-core GEMV takes all rows in one launch (else W is re-read).
-  else if (a.m <= kGemvMaxRows || (a.m <= kQbitsGemvMaxRows && a.m <= tc_rows(a.m, w)))
-    gemv_qbits(a, w, s);
-  else if (mma && a.m <= kMmaMaxRows) mma_qbits(a, w, scratch, s);
-  else gemm_qbits(a, w, scratch, s);
+  if (w.act_bits == 8) return QPath::A8;
+  // m = 5..16 only where the tensor-core GEMV takes all rows in one launch (else W is re-read)
+  // and, above 8 rows, where the x that every block stages (m K fp32 values per block, read
+  // from L2) stays under 2.5x the weight bytes: past that the staging outweighs the streaming.
+  // Measured on an H100 (PERFORMANCE.md, ninth session): at m = 12 and 16 the GEMV beats
+  // mma_qbits on the 8B gate|up (ratio 0.4-0.6) and q|k|v at m = 12 (2.1), and loses on o
+  // (3.1-4.1) and q|k|v at m = 16 (2.75).
+  const auto x_over_w = [&] {
+    const double blocks = double(std::min<int64_t>((w.rows + 15) / 16, sm_count()));
+    return double(m) * 4.0 * blocks / (double(w.rows) * w.bits / 8.0);
+  };
+  if (m <= kGemvMaxRows || (m <= kQbitsGemvMaxRows && m <= tc_rows(m, w) && (m <= 8 || x_over_w() <= 2.5)))
+    return QPath::Gemv;
+  if (mma && m <= kMmaMaxRows) return QPath::Mma;
+  return QPath::Dequant;
+}
+}  // namespace
+
+const char* linear_qbits_path(int64_t m, const QbitsDeviceWeight& w) {
+  switch (linear_path(m, w)) {
+    case QPath::A8: return "a8";
+    case QPath::Gemv: return tc_rows(m, w) > 0 ? "gemv-tc" : "gemv-simt";
+    case QPath::Mma: return "mma";
+    default: return "dequant+gemm";
+  }
+}
+
+void linear_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cudaStream_t s) {
+  switch (linear_path(a.m, w)) {
+    case QPath::A8: a8_qbits(a, w, scratch, s); break;
+    case QPath::Gemv: gemv_qbits(a, w, s); break;
+    case QPath::Mma: mma_qbits(a, w, scratch, s); break;
+    default: gemm_qbits(a, w, scratch, s); break;
+  }
 }
 
 }  // namespace anybit::cuda
