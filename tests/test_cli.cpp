@@ -70,6 +70,18 @@ TEST(Cli, BenchOnANamedShape) {
   EXPECT_NE(res.out.find("| tg8 |"), std::string::npos) << res.out;
 }
 
+// --parallel N decodes N sequences per step; the row counts the tokens of all of them, and a
+// KV cache too small for them is not what sizes the run (the engine is sized for N).
+TEST(Cli, BenchDecodesParallelSequences) {
+  auto res = test::run_cli("bench --shape tiny --bits 4 -p 8 -n 6 -r 1 --parallel 5");
+  ASSERT_EQ(res.exit_code, 0) << res.err;
+  EXPECT_NE(res.out.find("5 sequences decoding together"), std::string::npos) << res.out;
+  const size_t at = res.out.find("| x5 tg6 | ");
+  ASSERT_NE(at, std::string::npos) << res.out;
+  EXPECT_GT(std::stod(res.out.substr(at + 11)), 0.0) << res.out;
+  EXPECT_NE(test::run_cli("bench --shape tiny -n 4 --parallel 0").exit_code, 0);
+}
+
 // A random any-bit model runs on the default device (the CUDA model when a GPU is visible).
 TEST(Cli, BenchOnARandomQbitsShape) {
   auto res = test::run_cli("bench --shape tiny --bits 3 -p 16 -n 8 -r 2");

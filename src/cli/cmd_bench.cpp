@@ -26,6 +26,7 @@ struct BenchArgs {
   int reps = 5;
   int bits = 0, group = 128;  // --bits: a random any-bit (QBITS) model of --shape
   int act_bits = 0;           // --act-bits 8: its matrices W*A8
+  int64_t parallel = 1;       // --parallel N: the tg test decodes N sequences per step
 };
 
 double median(std::vector<double> v) {
@@ -40,6 +41,7 @@ int run_bench(const BenchArgs& a) {
   o.device = a.model.device;
   o.kv_dtype = parse_kv_dtype(a.model.kv_dtype);
   o.max_context = std::max<int64_t>(a.p, a.n + 1) + 16;
+  o.max_sequences = a.parallel;
   std::string name;
   if (!a.shape.empty() && a.bits > 0) {
     engine = std::make_unique<Engine>(make_random_qbits_model(named_shape(a.shape), a.bits, a.group, 1234, a.act_bits), o);
@@ -50,7 +52,7 @@ int run_bench(const BenchArgs& a) {
   } else {
     ModelArgs m = a.model;
     m.ctx = o.max_context;
-    engine = load_engine(m);
+    engine = load_engine(m, a.parallel);
     name = model_path_or_default(a.model.path);
   }
   const ModelConfig& c = engine->config();
@@ -77,6 +79,7 @@ int run_bench(const BenchArgs& a) {
       const std::string pp_kernel = !gpu     ? qbits_kernel_name(q, pm)
                                     : a8     ? tg_kernel
                                     : pm <= 8 ? fmt::format("cuda gemv_qbits w{}a16 (tensor-core)", q.bits)
+                                    : pm <= 16 ? fmt::format("cuda gemv_qbits w{}a16 (tensor-core) or mma_qbits, per matrix", q.bits)
                                     : pm <= 64 ? fmt::format("cuda mma_qbits w{}a16", q.bits)
                                                : std::string("cuda dequantize to bf16 + gemm");
       qbits_line = fmt::format("qbits: {} bits, group {}, {}: {:.3f} bits per weight; kernel tg (m=1): {}, pp (m={}): {}",
@@ -100,21 +103,27 @@ int run_bench(const BenchArgs& a) {
     engine->model().forward({BatchEntry{&seq, prompt.data(), a.p, false}}, kv, out);
     kv.release(seq);
   };
+  // N sequences (--parallel) decode together: one forward call of N one-token entries per
+  // step, each continuing greedily from its own logits row (batched decode, as a server runs it).
   auto decode = [&] {
-    SequenceKV seq;
-    int32_t id = prompt[0];
+    std::vector<SequenceKV> seqs(size_t(a.parallel));
+    std::vector<int32_t> ids(size_t(a.parallel));
+    for (size_t j = 0; j < ids.size(); ++j) ids[j] = prompt[j % prompt.size()];
+    std::vector<BatchEntry> batch(size_t(a.parallel));
     for (int64_t i = 0; i < a.n; ++i) {
-      engine->model().forward({BatchEntry{&seq, &id, 1, false}}, kv, out);
-      id = int32_t(std::max_element(out.row(0), out.row(0) + out.vocab) - out.row(0));
+      for (size_t j = 0; j < batch.size(); ++j) batch[j] = BatchEntry{&seqs[j], &ids[j], 1, false};
+      engine->model().forward(batch, kv, out);
+      for (size_t j = 0; j < ids.size(); ++j)
+        ids[j] = int32_t(std::max_element(out.row(j), out.row(j) + out.vocab) - out.row(j));
     }
-    kv.release(seq);
+    for (auto& s : seqs) kv.release(s);
   };
   std::vector<double> pp, tg;
   if (a.p > 0) prefill();  // warm-up
   if (a.n > 0) decode();
   for (int r = 0; r < a.reps; ++r) {
     if (a.p > 0) pp.push_back(double(a.p) / time_it(prefill));
-    if (a.n > 0) tg.push_back(double(a.n) / time_it(decode));
+    if (a.n > 0) tg.push_back(double(a.n * a.parallel) / time_it(decode));
   }
   const int threads = a.model.threads > 0 ? a.model.threads : omp_get_max_threads();
   std::printf("| model | params | size | bpw | kernels | threads | test | t/s (median of %d) |\n", a.reps);
@@ -126,7 +135,11 @@ int run_bench(const BenchArgs& a) {
                 *std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end()));
   };
   if (!pp.empty()) row("pp", a.p, pp);
-  if (!tg.empty()) row("tg", a.n, tg);
+  if (!tg.empty()) {
+    if (a.parallel > 1) std::printf("tg: %lld sequences decoding together; t/s counts the tokens of all of them\n",
+                                    (long long)a.parallel);
+    row(a.parallel > 1 ? ("x" + std::to_string(a.parallel) + " tg").c_str() : "tg", a.n, tg);
+  }
   if (!qbits_line.empty()) std::printf("%s\n", qbits_line.c_str());
   return 0;
 }
@@ -147,6 +160,8 @@ void register_bench(CLI::App& app) {
   sub->add_option("--act-bits", a->act_bits, "With --bits: 8 = int8 activations per token (W*A8)")
       ->check(CLI::IsMember({0, 8}));
   sub->add_option("--group", a->group, "Group size of --bits (32, 64, 128)")->check(CLI::IsMember({32, 64, 128}));
+  sub->add_option("--parallel", a->parallel, "Sequences decoding together in the tg test (batched decode; t/s of all)")
+      ->check(CLI::Range(int64_t(1), int64_t(256)));
   add_command(sub, [a] { return run_bench(*a); });
 }
 
