@@ -1,5 +1,6 @@
 // W{2..8}A16 GEMM on the tensor cores for the QBITS format, for batched decode and short
-// prefill chunks (kQbitsGemvMaxRows < m <= kMmaMaxRows): the weights are read once, in their
+// prefill chunks (kGemvMaxRows < m <= kMmaMaxRows where the tensor-core GEMV does not take
+// the rows; linear_qbits decides): the weights are read once, in their
 // packed form, and dequantized in registers straight into mma.sync fragments. The
 // alternative (dequantize every matrix to bf16 in memory, then cuBLAS) moves ~9x the
 // bytes of the 4-bit weights per step.
