@@ -40,61 +40,57 @@ void bench_w4_gemm(std::mt19937_64& rng) {
   struct Shape {
     const char* name;
     int64_t n, k;
-    InputOp op;
   };
-  {
 #ifdef ANYBIT_WITH_CUBLAS
-    cublasHandle_t hb = nullptr;
-    if (cublasCreate(&hb) != CUBLAS_STATUS_SUCCESS) std::printf("cuBLAS unavailable\n");
+  cublasHandle_t hb = nullptr;
+  if (cublasCreate(&hb) != CUBLAS_STATUS_SUCCESS) std::printf("cuBLAS unavailable\n");
 #endif
-    std::printf("\n| W4A16 g128 | shape NxK | m | ours (us) | path | mma_qbits (us) | dequant+cuBLAS (us) | cuBLAS fp16 (us) | x cuBLAS |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|\n");
-    const Shape gshapes[] = {{"8B qkv", 6144, 4096, InputOp::None}, {"8B o", 4096, 4096, InputOp::None},
-                             {"8B gate_up", 28672, 4096, InputOp::None}, {"8B down", 4096, 14336, InputOp::None}};
-    for (const Shape& s : gshapes) {
-      const QbitsGpuPack pack = pack_qbits_for_gpu(*make_random_qweight(s.n, s.k, 4, 128, false, 7));
-      QbitsDeviceAlloc wq = upload_qbits(pack);
-      void* scratch = nullptr;
-      ANYBIT_CUDA_CHECK(cudaMalloc(&scratch, qbits_scratch_bytes(wq.w)));
-      void* wh = random_device_bytes(size_t(s.n * s.k) * 2, DType::F16, rng);
-      for (int64_t m : {1, 4, 8, 12, 16, 64}) {
-        float* x = static_cast<float*>(random_device_bytes(size_t(m * s.k) * 4, DType::F32, rng));
-        void* xh = random_device_bytes(size_t(m * s.k) * 2, DType::F16, rng);
-        float* y = nullptr;
-        void* yh = nullptr;
-        ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&y), size_t(m * s.n) * 4));
-        ANYBIT_CUDA_CHECK(cudaMalloc(&yh, size_t(m * s.n) * 2));
-        LinearArgs a;
-        a.x = x, a.m = m, a.ldx = s.k, a.y = y, a.ldy = s.n;
-        const double ours = median_graph_us([&](int, cudaStream_t st) { linear_qbits(a, wq.w, scratch, st); }, 15);
-        double deq = 0, mma = 0;
-        if (m > kQbitsGemvMaxRows) {
-          reserve_gemm_workspace(m, s.k, s.n, nullptr);
-          deq = median_us([&](int) { gemm_qbits(a, wq.w, scratch, nullptr); }, 7);
-        }
-        if (m > kGemvMaxRows && m <= kMmaMaxRows)
-          mma = median_graph_us([&](int, cudaStream_t st) { mma_qbits(a, wq.w, scratch, st); }, 15);
-        double cub = 0;
-#ifdef ANYBIT_WITH_CUBLAS
-        if (hb) cub = cublas_f16_us(hb, s.n, m, s.k, wh, xh, yh, 15);
-#endif
-        const char* path = linear_qbits_path(m, wq.w);
-        std::printf("| W4A16 g128 | %s %lldx%lld | %lld | %.1f | %s | %s | %s | %.1f | %.2f |\n", s.name, (long long)s.n,
-                    (long long)s.k, (long long)m, ours, path, mma > 0 ? std::to_string(mma).substr(0, 6).c_str() : "-",
-                    deq > 0 ? std::to_string(deq).substr(0, 6).c_str() : "-", cub, cub > 0 ? cub / ours : 0.0);
-        cudaFree(x);
-        cudaFree(xh);
-        cudaFree(y);
-        cudaFree(yh);
+  std::printf("\n| W4A16 g128 | shape NxK | m | ours (us) | path | mma_qbits (us) | dequant+cuBLAS (us) | cuBLAS fp16 (us) | x cuBLAS |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  const Shape gshapes[] = {{"8B qkv", 6144, 4096}, {"8B o", 4096, 4096}, {"8B gate_up", 28672, 4096}, {"8B down", 4096, 14336}};
+  for (const Shape& s : gshapes) {
+    const QbitsGpuPack pack = pack_qbits_for_gpu(*make_random_qweight(s.n, s.k, 4, 128, false, 7));
+    QbitsDeviceAlloc wq = upload_qbits(pack);
+    void* scratch = nullptr;
+    ANYBIT_CUDA_CHECK(cudaMalloc(&scratch, qbits_scratch_bytes(wq.w)));
+    void* wh = random_device_bytes(size_t(s.n * s.k) * 2, DType::F16, rng);
+    for (int64_t m : {1, 4, 8, 12, 16, 64}) {
+      float* x = static_cast<float*>(random_device_bytes(size_t(m * s.k) * 4, DType::F32, rng));
+      void* xh = random_device_bytes(size_t(m * s.k) * 2, DType::F16, rng);
+      float* y = nullptr;
+      void* yh = nullptr;
+      ANYBIT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&y), size_t(m * s.n) * 4));
+      ANYBIT_CUDA_CHECK(cudaMalloc(&yh, size_t(m * s.n) * 2));
+      LinearArgs a;
+      a.x = x, a.m = m, a.ldx = s.k, a.y = y, a.ldy = s.n;
+      const double ours = median_graph_us([&](int, cudaStream_t st) { linear_qbits(a, wq.w, scratch, st); }, 15);
+      double deq = 0, mma = 0;
+      if (m > kQbitsGemvMaxRows) {
+        reserve_gemm_workspace(m, s.k, s.n, nullptr);
+        deq = median_us([&](int) { gemm_qbits(a, wq.w, scratch, nullptr); }, 7);
       }
-      cudaFree(wh);
-      cudaFree(scratch);
-      free_qbits(wq);
-    }
+      if (m > kGemvMaxRows && m <= kMmaMaxRows)
+        mma = median_graph_us([&](int, cudaStream_t st) { mma_qbits(a, wq.w, scratch, st); }, 15);
+      double cub = 0;
 #ifdef ANYBIT_WITH_CUBLAS
-    if (hb) cublasDestroy(hb);
+      if (hb) cub = cublas_f16_us(hb, s.n, m, s.k, wh, xh, yh, 15);
 #endif
+      const char* path = linear_qbits_path(m, wq.w);
+      std::printf("| W4A16 g128 | %s %lldx%lld | %lld | %.1f | %s | %s | %s | %.1f | %.2f |\n", s.name, (long long)s.n,
+                  (long long)s.k, (long long)m, ours, path, mma > 0 ? std::to_string(mma).substr(0, 6).c_str() : "-",
+                  deq > 0 ? std::to_string(deq).substr(0, 6).c_str() : "-", cub, cub > 0 ? cub / ours : 0.0);
+      cudaFree(x);
+      cudaFree(xh);
+      cudaFree(y);
+      cudaFree(yh);
+    }
+    cudaFree(wh);
+    cudaFree(scratch);
+    free_qbits(wq);
   }
+#ifdef ANYBIT_WITH_CUBLAS
+  if (hb) cublasDestroy(hb);
+#endif
 }
 
 }  // namespace

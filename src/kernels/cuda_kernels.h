@@ -69,7 +69,7 @@ struct LinearArgs {
 // Largest m the fused GEMV path takes; above it linear() runs the tiled GEMM.
 constexpr int64_t kGemvMaxRows = 4;
 // Largest m linear_qbits sends to gemv_qbits (the tensor-core GEMV reads the weights once
-// for up to 8 rows of x); above it mma_qbits.
+// for up to 16 rows of x, where they fit its shared memory); above it mma_qbits.
 constexpr int64_t kQbitsGemvMaxRows = 16;
 
 // y = op(x) · W^T (+ bias) (+ y). GEMV for m <= kGemvMaxRows when K suits 16-byte loads,

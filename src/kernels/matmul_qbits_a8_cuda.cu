@@ -465,15 +465,7 @@ void a8_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, cu
     p.y = a.y + i0 * a.ldy, p.ldy = a.ldy;
     const int nt = m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8;
     const dim3 grid(unsigned((w.rows + kA8Rows - 1) / kA8Rows), unsigned(splits), unsigned((m + 8 * nt - 1) / (8 * nt)));
-    switch (w.bits) {
-      case 2: launch_a8_bits<2>(p, nt, lc4, grid, s); break;
-      case 3: launch_a8_bits<3>(p, nt, lc4, grid, s); break;
-      case 4: launch_a8_bits<4>(p, nt, lc4, grid, s); break;
-      case 5: launch_a8_bits<5>(p, nt, lc4, grid, s); break;
-      case 6: launch_a8_bits<6>(p, nt, lc4, grid, s); break;
-      case 7: launch_a8_bits<7>(p, nt, lc4, grid, s); break;
-      default: launch_a8_bits<8>(p, nt, lc4, grid, s); break;
-    }
+    with_bits(w.bits, [&](auto b) { launch_a8_bits<decltype(b)::value>(p, nt, lc4, grid, s); });
     check_launch("qbits_a8");
     if (splits > 1) {
       const int64_t outs = m * (a.silu_pairs ? w.rows / 2 : w.rows);

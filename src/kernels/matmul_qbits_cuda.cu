@@ -448,15 +448,7 @@ namespace {
 void gemv_qbits_block(const LinearArgs& a, const QbitsDeviceWeight& w, int M, cudaStream_t s) {
   QParams p = gemv_params(a, w);
   p.groups = (w.rows + kR - 1) / kR;
-  switch (w.bits) {
-    case 2: launch_bits<2>(p, a.op, M, s); break;
-    case 3: launch_bits<3>(p, a.op, M, s); break;
-    case 4: launch_bits<4>(p, a.op, M, s); break;
-    case 5: launch_bits<5>(p, a.op, M, s); break;
-    case 6: launch_bits<6>(p, a.op, M, s); break;
-    case 7: launch_bits<7>(p, a.op, M, s); break;
-    default: launch_bits<8>(p, a.op, M, s); break;
-  }
+  with_bits(w.bits, [&](auto b) { launch_bits<decltype(b)::value>(p, a.op, M, s); });
   check_launch("gemv_qbits");
 }
 
@@ -625,15 +617,7 @@ void gemm_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, 
   const QParams p = weight_params(w);
   auto* out = static_cast<__nv_bfloat16*>(scratch);
   const unsigned grid = blocks_for(p.N * p.nch, 256);
-  switch (w.bits) {
-    case 2: dequant_qbits_kernel<2><<<grid, 256, 0, s>>>(p, out); break;
-    case 3: dequant_qbits_kernel<3><<<grid, 256, 0, s>>>(p, out); break;
-    case 4: dequant_qbits_kernel<4><<<grid, 256, 0, s>>>(p, out); break;
-    case 5: dequant_qbits_kernel<5><<<grid, 256, 0, s>>>(p, out); break;
-    case 6: dequant_qbits_kernel<6><<<grid, 256, 0, s>>>(p, out); break;
-    case 7: dequant_qbits_kernel<7><<<grid, 256, 0, s>>>(p, out); break;
-    default: dequant_qbits_kernel<8><<<grid, 256, 0, s>>>(p, out); break;
-  }
+  with_bits(w.bits, [&](auto b) { dequant_qbits_kernel<decltype(b)::value><<<grid, 256, 0, s>>>(p, out); });
   check_launch("dequant_qbits");
   DeviceWeight d{DType::BF16, w.rows, w.cols, scratch};
   gemm(a, d, s);

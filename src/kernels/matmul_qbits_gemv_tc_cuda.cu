@@ -418,15 +418,7 @@ void gemv_qbits_tc(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t
   if (p.cpg_shift < 0 || p.cpg > 4) fail("CUDA gemv_qbits_tc: group {} is not 32, 64 or 128", w.group);
   // Scales applied after the mma only where a 128-column step is exactly one group.
   const bool pre = w.group != 128;
-  switch (w.bits) {
-    case 2: launch_tc_bits<2>(p, a.op, pre, s); break;
-    case 3: launch_tc_bits<3>(p, a.op, pre, s); break;
-    case 4: launch_tc_bits<4>(p, a.op, pre, s); break;
-    case 5: launch_tc_bits<5>(p, a.op, pre, s); break;
-    case 6: launch_tc_bits<6>(p, a.op, pre, s); break;
-    case 7: launch_tc_bits<7>(p, a.op, pre, s); break;
-    default: launch_tc_bits<8>(p, a.op, pre, s); break;
-  }
+  with_bits(w.bits, [&](auto b) { launch_tc_bits<decltype(b)::value>(p, a.op, pre, s); });
   check_launch("gemv_qbits_tc");
 }
 

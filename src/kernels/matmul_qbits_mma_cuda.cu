@@ -260,15 +260,7 @@ void mma_qbits(const LinearArgs& a, const QbitsDeviceWeight& w, void* scratch, c
   p.xh = xh, p.m = int(a.m), p.k_per_split = pl.k_per_split, p.partial = partial;
   const dim3 grid(unsigned((w.rows + kMmaRows - 1) / kMmaRows), unsigned(pl.splits));
   const int nt = a.m <= 8 ? 1 : a.m <= 16 ? 2 : a.m <= 32 ? 4 : 8;
-  switch (w.bits) {
-    case 2: launch_mma_bits<2>(p, nt, grid, s); break;
-    case 3: launch_mma_bits<3>(p, nt, grid, s); break;
-    case 4: launch_mma_bits<4>(p, nt, grid, s); break;
-    case 5: launch_mma_bits<5>(p, nt, grid, s); break;
-    case 6: launch_mma_bits<6>(p, nt, grid, s); break;
-    case 7: launch_mma_bits<7>(p, nt, grid, s); break;
-    default: launch_mma_bits<8>(p, nt, grid, s); break;
-  }
+  with_bits(w.bits, [&](auto b) { launch_mma_bits<decltype(b)::value>(p, nt, grid, s); });
   check_launch("qbits_mma");
   const unsigned rg = unsigned(std::min<int64_t>((a.m * w.rows + 255) / 256, 4 * sm_count()));
   launch_pdl(qbits_mma_reduce, dim3(rg), dim3(256), 0, s, static_cast<const float*>(partial), pl.splits, int(a.m),

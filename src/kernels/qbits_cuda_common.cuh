@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_kernels.h"
@@ -208,6 +209,22 @@ void gemv_qbits_tc(const LinearArgs& a, const QbitsDeviceWeight& w, cudaStream_t
 // The weight's part of QParams (matmul_qbits_cuda.cu), and the argument checks every
 // QBITS kernel entry point makes.
 QParams weight_params(const QbitsDeviceWeight& w);
+// Calls f(std::integral_constant<int, B>{}) for bit width B in 2..8 (others map to 8; the
+// callers have checked the width): the one switch from a weight's run-time width to the
+// kernels' compile-time one.
+template <class F>
+void with_bits(int bits, F&& f) {
+  switch (bits) {
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
 // weight_params plus the call's x, op inputs and y (the two GEMVs).
 QParams gemv_params(const LinearArgs& a, const QbitsDeviceWeight& w);
 void check_weight(const QbitsDeviceWeight& w);
