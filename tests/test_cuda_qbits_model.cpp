@@ -21,6 +21,7 @@
 #include "quant/random_qbits.h"
 #include "runtime/random_model.h"
 #include "runtime/sampler.h"
+#include "test_gguf_common.h"
 
 namespace anybit {
 namespace {
@@ -138,17 +139,25 @@ ModelFiles dequantized(const ModelFiles& f) {
   store->set_origin("dequantized test model");
   store->keep_alive(std::shared_ptr<MappedFile>(f.weights, nullptr));
   for (const auto& [name, t] : f.weights->all()) {
-    if (t.dtype != DType::QBITS) {
+    const bool blocks = t.dtype != DType::QBITS && dtype_block_size(t.dtype) > 1;  // GGUF Q8_0, Q4_0, K-quants
+    if (t.dtype != DType::QBITS && !blocks) {
       store->add(t);
       continue;
     }
-    const QuantizedWeight& q = *static_cast<const QuantizedWeight*>(t.data);
-    std::vector<float> w(size_t(q.rows * q.cols));
-    for (int64_t r = 0; r < q.rows; ++r) {
-      float* row = w.data() + r * q.cols;
-      q.dequantize_row(r, row);
-      if (!q.input_scale.empty())
-        for (int64_t c = 0; c < q.cols; ++c) row[c] /= q.input_scale[size_t(c)];
+    std::vector<float> w(size_t(t.shape[0] * t.shape[1]));
+    if (blocks) {
+      const size_t rb = dtype_row_bytes(t.dtype, t.shape[1]);
+      for (int64_t r = 0; r < t.shape[0]; ++r)
+        dequantize_row(t.dtype, static_cast<const uint8_t*>(t.data) + size_t(r) * rb, w.data() + r * t.shape[1],
+                       t.shape[1]);
+    } else {
+      const QuantizedWeight& q = *static_cast<const QuantizedWeight*>(t.data);
+      for (int64_t r = 0; r < q.rows; ++r) {
+        float* row = w.data() + r * q.cols;
+        q.dequantize_row(r, row);
+        if (!q.input_scale.empty())
+          for (int64_t c = 0; c < q.cols; ++c) row[c] /= q.input_scale[size_t(c)];
+      }
     }
     std::vector<uint8_t> bytes(w.size() * 4);
     std::memcpy(bytes.data(), w.data(), bytes.size());
@@ -368,6 +377,42 @@ QSpec mixed_spec(const std::string& name) {
 TEST(CudaQbitsModel, MixedFormatsMatchCpuModel) {
   ANYBIT_REQUIRE_CUDA();
   compare_with_cpu(qbits_model(test_shape(true), mixed_spec, 21), 21);
+}
+
+// llama.cpp's GGUF block formats, every matrix and the embedding table in one format: the
+// loader converts the matrices to QBITS (exactly for Q8_0, Q4_0, Q4_K, Q5_K; 8-bit
+// requantization for Q6_K and Q3_K) and widens the table to f16. The exact model is the
+// blocks' own dequantization; the CPU runs its K-quant and Q8_0/Q4_0 kernels.
+TEST(CudaQbitsModel, GgufBlockModelsMatchCpuModel) {
+  ANYBIT_REQUIRE_CUDA();
+  const ModelConfig cfg = test_shape(false);  // every K (256, 768) is whole 256-blocks
+  const uint64_t seed = test::cuda_test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (DType t : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q8_0, DType::Q4_0, DType::Q3_K}) {
+    SCOPED_TRACE(dtype_name(t));
+    ModelFiles dense = make_random_model(cfg, DType::BF16, seed + uint64_t(t));
+    ModelFiles m;
+    m.path = dense.path, m.format = dense.format, m.config = dense.config;
+    auto store = std::make_shared<TensorStore>();
+    store->set_origin("test GGUF block model");
+    store->keep_alive(std::shared_ptr<MappedFile>(dense.weights, nullptr));
+    for (const auto& [name, v] : dense.weights->all()) {
+      if (v.shape.size() != 2) {
+        store->add(v);
+        continue;
+      }
+      // Values up to about 0.05, as the random bf16 model's N(0, 0.02).
+      auto bytes = gguf_test::random_gguf_blocks(t, v.shape[0] * v.shape[1] / dtype_block_size(t), 0.05f, rng);
+      TensorView b = v;
+      b.dtype = t;
+      b.nbytes = bytes.size();
+      b.data = store->own(std::move(bytes));
+      store->add(b);
+    }
+    m.weights = std::move(store);
+    compare_with_cpu(m, seed);
+  }
 }
 
 TEST(CudaQbitsModel, RefusesWhatTheGpuCannotRunNamingTheTensor) {

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace anybit::gguf_test {
@@ -82,6 +83,35 @@ inline void expect_file_error(const std::string& path, const std::string& proble
 inline std::vector<uint8_t> random_bytes(size_t n, std::mt19937& rng) {
   std::vector<uint8_t> v(n);
   for (auto& x : v) x = uint8_t(rng());
+  return v;
+}
+
+// `nblocks` random GGUF blocks of `t` (Q8_0, Q4_0 or a K-quant): random code and sub-scale
+// bytes, with the f16 block scales set so that no value exceeds about `amax` (so a model
+// built from them keeps finite, moderate activations, also through an f16 KV cache).
+inline std::vector<uint8_t> random_gguf_blocks(DType t, int64_t nblocks, float amax, std::mt19937_64& rng) {
+  const size_t bb = dtype_row_bytes(t, dtype_block_size(t));
+  std::vector<uint8_t> v(bb * size_t(nblocks));
+  for (auto& b : v) b = uint8_t(rng());
+  std::uniform_real_distribution<float> u(0.5f, 1.0f);
+  auto put = [](uint8_t* p, float x) {
+    const uint16_t h = f32_to_f16(x);
+    std::memcpy(p, &h, 2);
+  };
+  for (int64_t i = 0; i < nblocks; ++i) {
+    uint8_t* b = v.data() + bb * size_t(i);
+    const float r = u(rng);
+    switch (t) {
+      case DType::Q8_0: put(b, r * amax / 127.0f); break;
+      case DType::Q4_0: put(b, r * amax / 8.0f); break;
+      case DType::Q4_K: put(b, r * amax / 945.0f), put(b + 2, 7.0f * r * amax / 945.0f); break;
+      case DType::Q5_K: put(b, r * amax / 1953.0f), put(b + 2, 15.0f * r * amax / 1953.0f); break;
+      case DType::Q6_K: put(b + 208, r * amax / 4096.0f); break;
+      case DType::Q2_K: put(b + 80, r * amax / 45.0f), put(b + 82, 1.5f * r * amax / 45.0f); break;
+      case DType::Q3_K: put(b + 108, r * amax / 128.0f); break;
+      default: fail("random_gguf_blocks: {} is not a GGUF block type", dtype_name(t));
+    }
+  }
   return v;
 }
 

@@ -17,11 +17,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 
 #include "core/error.h"
+#include "core/kquants.h"
 #include "kernels/qbits_cuda_pack.h"
 #include "kernels/rope.h"
 #include "model/llama_cuda.h"
+#include "quant/gguf_qbits.h"
 #include "quant/quantized_weight.h"
 
 namespace anybit {
@@ -31,6 +34,7 @@ using cuda::check;
 namespace {
 
 bool dense_dtype(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+bool gguf_block_dtype(DType t) { return t == DType::Q8_0 || t == DType::Q4_0 || kquant_block_bytes(t) > 0; }
 
 const QuantizedWeight& qweight(const TensorView& t) { return *static_cast<const QuantizedWeight*>(t.data); }
 
@@ -86,15 +90,29 @@ void LlamaCudaModel::load_weights() {
   const int64_t H = cfg.hidden, hd = cfg.head_dim, qd = cfg.n_heads * hd, kvd = cfg.n_kv_heads * hd;
   size_t qscratch_bytes = 0;
 
+  // GGUF block matrices (llama.cpp's Q8_0, Q4_0 and K-quants) run on the QBITS kernels:
+  // converted here once (quant/gguf_qbits.h), the copies kept until the end of the load.
+  std::deque<QuantizedWeight> converted;
+  std::deque<TensorView> converted_views;
   auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) -> const TensorView& {
     const TensorView& t = w.get(name, {rows, cols});
     if (t.dtype == DType::QBITS) {
       const auto* q = static_cast<const QuantizedWeight*>(t.data);
       if (!q || q->rows != rows || q->cols != cols)
         fail("{}: quantized tensor {} is not {}x{}", origin, name, rows, cols);
+    } else if (gguf_block_dtype(t.dtype)) {
+      try {
+        converted.push_back(quant::qbits_from_gguf_blocks(t.dtype, t.data, rows, cols));
+      } catch (const Error& e) {
+        fail("{}: tensor {}: {}", origin, name, e.what());
+      }
+      TensorView v = t;
+      v.dtype = DType::QBITS, v.data = &converted.back();
+      converted_views.push_back(v);
+      return converted_views.back();
     } else if (!dense_dtype(t.dtype)) {
-      fail("{}: tensor {} has dtype {}; the CUDA backend runs f32, f16, bf16 and QBITS weights", origin, name,
-           dtype_name(t.dtype));
+      fail("{}: tensor {} has dtype {}; the CUDA backend runs f32, f16, bf16, QBITS and GGUF block weights", origin,
+           name, dtype_name(t.dtype));
     }
     return t;
   };
@@ -206,10 +224,28 @@ void LlamaCudaModel::load_weights() {
     return upload_f32(all);
   };
 
-  const TensorView& emb = w.get("model.embed_tokens.weight", {cfg.vocab, H});
-  if (!dense_dtype(emb.dtype))
-    fail("{}: embedding table {} has dtype {}; the CUDA backend reads f32, f16 and bf16 embeddings", origin, emb.name,
-         dtype_name(emb.dtype));
+  const TensorView& emb_src = w.get("model.embed_tokens.weight", {cfg.vocab, H});
+  // A table of GGUF blocks is widened to f16 on the host (the lookup kernel reads dense
+  // rows); f16 keeps 11 significant bits, far below the blocks' own rounding.
+  std::vector<uint16_t> emb_f16;
+  TensorView emb = emb_src;
+  if (gguf_block_dtype(emb_src.dtype) && H % dtype_block_size(emb_src.dtype) == 0) {
+    emb_f16.resize(size_t(cfg.vocab * H));
+    const size_t rb = dtype_row_bytes(emb_src.dtype, H);
+#pragma omp parallel
+    {
+      std::vector<float> row(static_cast<size_t>(H));
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < cfg.vocab; ++r) {
+        dequantize_row(emb_src.dtype, static_cast<const uint8_t*>(emb_src.data) + size_t(r) * rb, row.data(), H);
+        for (int64_t c = 0; c < H; ++c) emb_f16[size_t(r * H + c)] = f32_to_f16(row[size_t(c)]);
+      }
+    }
+    emb.dtype = DType::F16, emb.data = emb_f16.data(), emb.nbytes = emb_f16.size() * 2;
+  } else if (!dense_dtype(emb_src.dtype)) {
+    fail("{}: embedding table {} has dtype {}; the CUDA backend reads f32, f16, bf16 and GGUF block embeddings",
+         origin, emb_src.name, dtype_name(emb_src.dtype));
+  }
   embed_ = part({&emb}, false).dense;
   final_norm_ = upload_f32(vec_f32("model.norm.weight", H));
   if (cfg.tie_embeddings && !w.contains("lm_head.weight")) {
