@@ -1,7 +1,8 @@
 // The CUDA model on any-bit (QBITS) weights against the CPU LlamaModel on the same weights:
 // uniform models at every bit width and both zero-point modes, a model that mixes formats
 // inside the fused q|k|v and gate|up matrices (and keeps some tensors dense bf16), and the
-// weights the GPU refuses. Skipped when no CUDA device is visible.
+// weights the GPU refuses; quantized embedding tables and GGUF block models. Skipped when no
+// CUDA device is visible.
 #include <gtest/gtest.h>
 
 #include "test_cuda_util.h"
@@ -379,6 +380,21 @@ TEST(CudaQbitsModel, MixedFormatsMatchCpuModel) {
   compare_with_cpu(qbits_model(test_shape(true), mixed_spec, 21), 21);
 }
 
+// A QBITS embedding table (`anybit quantize --embed-bits`): the GPU loader widens it to f16,
+// the CPU dequantizes one row per token.
+TEST(CudaQbitsModel, QuantizedEmbeddingTableMatchesCpuModel) {
+  ANYBIT_REQUIRE_CUDA();
+  for (int bits : {4, 8}) {
+    SCOPED_TRACE(std::to_string(bits) + "-bit embedding");
+    const SpecFn spec = [&](const std::string& name) {
+      QSpec s;
+      if (name == "model.embed_tokens.weight") s.bits = bits, s.group = 32;
+      return s;
+    };
+    compare_with_cpu(qbits_model(test_shape(false), spec, 31 + uint64_t(bits), true), uint64_t(bits));
+  }
+}
+
 // llama.cpp's GGUF block formats, every matrix and the embedding table in one format: the
 // loader converts the matrices to QBITS (exactly for Q8_0, Q4_0, Q4_K, Q5_K; 8-bit
 // requantization for Q6_K and Q3_K) and widens the table to f16. The exact model is the
@@ -446,8 +462,6 @@ TEST(CudaQbitsModel, RefusesWhatTheGpuCannotRunNamingTheTensor) {
   expect_error(bad_scale({"model.layers.2.mlp.gate_proj.weight", "model.layers.2.mlp.up_proj.weight"}), false,
                "model.layers.2.mlp.gate_proj.weight", "non-finite");
   expect_error(bad_scale({"lm_head.weight"}), false, "lm_head.weight", "non-finite");
-  // The embedding table is read row by row, never as a QBITS matrix.
-  expect_error([](const std::string&) { return QSpec{}; }, true, "model.embed_tokens.weight", "embedding");
   // The failed loads freed their device memory: a full model still loads afterwards.
   ModelFiles ok = qbits_model(cfg, [](const std::string&) { return QSpec{}; }, 6);
   EXPECT_NO_THROW((LlamaCudaModel{cfg, ok.weights}));

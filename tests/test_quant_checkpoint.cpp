@@ -2,10 +2,12 @@
 // tiny-llama that still generates what the bf16 model generates.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -473,4 +475,73 @@ TEST(QuantModel, MixedFormatsChooseGroupsAndZerosWithinTheBudgetAndRoundTrip) {
     EXPECT_EQ(b.bits, a.bits) << r.name;
     EXPECT_EQ(b.codes, a.codes) << r.name;
   }
+}
+
+// `--embed-bits`: the embedding table stored as QBITS, looked up through its own row
+// dequantization. With every other tensor shared, the model must give exactly the logits of
+// a model whose table holds those dequantized rows in fp32.
+TEST(QuantModel, QuantizedEmbeddingTableLooksUpItsDequantizedRows) {
+  ModelFiles m = small_model();
+  quant::QuantizeOptions o;
+  o.bits = 4, o.group = 64, o.embed_bits = 4, o.progress = false;
+  const quant::QuantizeResult q = quant::quantize_model(m, o);
+  EXPECT_EQ(q.summary.at("embed_bits").get<int>(), 4);
+  test::TempDir dir;
+  QuantWriteOptions w;
+  w.summary = q.summary;
+  write_quant_folder(dir.file("qe"), m.config, *q.weights, m.tokenizer, w);
+  ModelFiles back = load_model_files(dir.file("qe"));
+  const TensorView& e = back.weights->get("model.embed_tokens.weight");
+  ASSERT_EQ(e.dtype, DType::QBITS);
+  const QuantizedWeight& qe = quantized_of(e);
+  EXPECT_EQ(qe.bits, 4);
+  EXPECT_EQ(qe.group, 64);
+  const int64_t V = m.config.vocab, H = m.config.hidden;
+  ASSERT_EQ(qe.rows, V);
+  ASSERT_EQ(qe.cols, H);
+
+  auto table = std::make_shared<std::vector<float>>(size_t(V * H), std::numeric_limits<float>::quiet_NaN());
+  for (int64_t r = 0; r < V; ++r) qe.dequantize_row(r, table->data() + r * H);
+  // The rows are the source table's within 4-bit rounding (relative RMS error well under 10%).
+  const TensorView& st = m.weights->get("model.embed_tokens.weight");
+  std::vector<float> src(size_t(V * H));
+  for (int64_t r = 0; r < V; ++r)
+    dequantize_row(st.dtype, static_cast<const uint8_t*>(st.data) + size_t(r) * dtype_row_bytes(st.dtype, H),
+                   src.data() + r * H, H);
+  double err = 0.0, energy = 0.0;
+  for (size_t i = 0; i < src.size(); ++i) err += std::pow(double((*table)[i]) - src[i], 2), energy += double(src[i]) * src[i];
+  EXPECT_LT(std::sqrt(err / energy), 0.1);
+
+  auto dense = std::make_shared<TensorStore>();
+  dense->keep_alive(std::shared_ptr<MappedFile>(back.weights, nullptr));
+  dense->keep_alive(std::shared_ptr<MappedFile>(table, nullptr));
+  for (const auto& [name, t] : back.weights->all()) {
+    if (name != "model.embed_tokens.weight") {
+      dense->add(t);
+      continue;
+    }
+    TensorView f = t;
+    f.dtype = DType::F32, f.data = table->data(), f.nbytes = table->size() * 4;
+    dense->add(f);
+  }
+  std::mt19937 rng(11);
+  std::vector<int32_t> ids(9);
+  for (auto& id : ids) id = int32_t(rng() % uint32_t(V));
+  std::vector<float> logits[2];
+  int k = 0;
+  for (const auto& store : {back.weights, dense}) {
+    LlamaModel model(back.config, store);
+    KVCache kv(back.config, 4);
+    SequenceKV seq;
+    ForwardOutput out;
+    model.forward({BatchEntry{&seq, ids.data(), int64_t(ids.size()), true}}, kv, out);
+    logits[k++] = out.logits;
+  }
+  ASSERT_EQ(logits[0].size(), ids.size() * size_t(V));
+  for (float v : logits[0]) ASSERT_TRUE(std::isfinite(v));
+  EXPECT_EQ(logits[0], logits[1]);
+
+  quant::QuantizeOptions bad = o;
+  bad.embed_bits = 9;
+  EXPECT_THROW(quant::quantize_model(m, bad), Error);
 }

@@ -60,12 +60,16 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, std::shared_ptr<const TensorStore
   };
 
   embed_ = &w.get("model.embed_tokens.weight", {cfg.vocab, H});
-  // Rows are looked up one at a time through dequantize_row, which reads every stored
-  // dtype (GGUF blocks and K-quants included); only the any-bit matrices and integer
-  // tensors are not tables it can read.
-  if (embed_->dtype == DType::QBITS || embed_->dtype == DType::I32 || embed_->dtype == DType::I64 ||
-      H % dtype_block_size(embed_->dtype) != 0)
+  // Rows are looked up one at a time: through dequantize_row, which reads every stored
+  // dtype (GGUF blocks and K-quants included), or, for an any-bit table (`anybit quantize
+  // --embed-bits`), through the QuantizedWeight's own row dequantization.
+  if (embed_->dtype == DType::QBITS) {
+    const auto* q = static_cast<const QuantizedWeight*>(embed_->data);
+    if (!q || q->rows != cfg.vocab || q->cols != H || !q->input_scale.empty())
+      fail("{}: the quantized embedding table is not {}x{} without input scales", origin, cfg.vocab, H);
+  } else if (embed_->dtype == DType::I32 || embed_->dtype == DType::I64 || H % dtype_block_size(embed_->dtype) != 0) {
     fail("{}: embedding dtype {} is not supported", origin, dtype_name(embed_->dtype));
+  }
   final_norm_ = vec("model.norm.weight", H);
   if (cfg.tie_embeddings && !w.contains("lm_head.weight")) {
     check_matrix_dtype(*embed_, origin);
@@ -118,13 +122,17 @@ void LlamaModel::Scratch::resize(int64_t t, const ModelConfig& c) {
 
 void LlamaModel::embed(const std::vector<BatchEntry>& batch, int64_t total) {
   const int64_t H = cfg_.hidden;
-  const size_t row_bytes = dtype_row_bytes(embed_->dtype, H);
+  const bool qbits = embed_->dtype == DType::QBITS;
+  const size_t row_bytes = qbits ? 0 : dtype_row_bytes(embed_->dtype, H);
   int64_t t = 0;
   for (const auto& e : batch)
     for (int64_t i = 0; i < e.n_tokens; ++i, ++t) {
       const int32_t id = e.tokens[i];
-      dequantize_row(embed_->dtype, static_cast<const uint8_t*>(embed_->data) + size_t(id) * row_bytes,
-                     s_.x.data() + t * H, H);
+      if (qbits)
+        static_cast<const QuantizedWeight*>(embed_->data)->dequantize_row(id, s_.x.data() + t * H);
+      else
+        dequantize_row(embed_->dtype, static_cast<const uint8_t*>(embed_->data) + size_t(id) * row_bytes,
+                       s_.x.data() + t * H, H);
       s_.pos[size_t(t)] = e.seq->n_tokens + i;
     }
 }

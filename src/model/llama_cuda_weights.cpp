@@ -225,25 +225,30 @@ void LlamaCudaModel::load_weights() {
   };
 
   const TensorView& emb_src = w.get("model.embed_tokens.weight", {cfg.vocab, H});
-  // A table of GGUF blocks is widened to f16 on the host (the lookup kernel reads dense
-  // rows); f16 keeps 11 significant bits, far below the blocks' own rounding.
+  // A table of GGUF blocks or QBITS codes is widened to f16 on the host (the lookup kernel
+  // reads dense rows); f16 keeps 11 significant bits, far below the codes' own rounding.
   std::vector<uint16_t> emb_f16;
   TensorView emb = emb_src;
-  if (gguf_block_dtype(emb_src.dtype) && H % dtype_block_size(emb_src.dtype) == 0) {
+  const auto* emb_q = emb_src.dtype == DType::QBITS ? static_cast<const QuantizedWeight*>(emb_src.data) : nullptr;
+  if (emb_src.dtype == DType::QBITS && (!emb_q || emb_q->rows != cfg.vocab || emb_q->cols != H))
+    fail("{}: the quantized embedding table {} is not {}x{}", origin, emb_src.name, cfg.vocab, H);
+  if (emb_q || (gguf_block_dtype(emb_src.dtype) && H % dtype_block_size(emb_src.dtype) == 0)) {
     emb_f16.resize(size_t(cfg.vocab * H));
-    const size_t rb = dtype_row_bytes(emb_src.dtype, H);
+    const size_t rb = emb_q ? 0 : dtype_row_bytes(emb_src.dtype, H);
 #pragma omp parallel
     {
       std::vector<float> row(static_cast<size_t>(H));
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < cfg.vocab; ++r) {
-        dequantize_row(emb_src.dtype, static_cast<const uint8_t*>(emb_src.data) + size_t(r) * rb, row.data(), H);
+        if (emb_q) emb_q->dequantize_row(r, row.data());
+        else dequantize_row(emb_src.dtype, static_cast<const uint8_t*>(emb_src.data) + size_t(r) * rb, row.data(), H);
         for (int64_t c = 0; c < H; ++c) emb_f16[size_t(r * H + c)] = f32_to_f16(row[size_t(c)]);
       }
     }
     emb.dtype = DType::F16, emb.data = emb_f16.data(), emb.nbytes = emb_f16.size() * 2;
   } else if (!dense_dtype(emb_src.dtype)) {
-    fail("{}: embedding table {} has dtype {}; the CUDA backend reads f32, f16, bf16 and GGUF block embeddings",
+    fail("{}: embedding table {} has dtype {}; the CUDA backend reads f32, f16, bf16, QBITS and GGUF block "
+         "embeddings",
          origin, emb_src.name, dtype_name(emb_src.dtype));
   }
   embed_ = part({&emb}, false).dense;

@@ -199,6 +199,8 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   if (o.target_bpw > 0.0 && !calib) fail("--target-bpw needs calibration text (--calib) to measure sensitivity");
   if (o.lm_head_bits != 0 && (o.lm_head_bits < 2 || o.lm_head_bits > 8))
     fail("--lm-head-bits must be 0 (keep) or 2..8 (got {})", o.lm_head_bits);
+  if (o.embed_bits != 0 && (o.embed_bits < 2 || o.embed_bits > 8))
+    fail("--embed-bits must be 0 (keep) or 2..8 (got {})", o.embed_bits);
   const ModelConfig& cfg = in.config;
   const TensorStore& src = *in.weights;
 
@@ -382,12 +384,26 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
     }
   }
 
+  // The embedding table: round-to-nearest with clipping search, rows read one at a time
+  // by the lookup (a tied lm_head without --lm-head-bits then runs on it as a QBITS matrix).
+  std::shared_ptr<QuantizedWeight> embed;
+  if (o.embed_bits > 0) {
+    const TensorView* et = src.find("model.embed_tokens.weight");
+    MatrixOptions mo = matrix_options(o, o.embed_bits, o.group, o.asym);
+    if (!et || et->shape.size() != 2 || et->shape[1] % mo.group != 0)
+      fail("--embed-bits: the embedding table is missing or its rows are not whole groups of {}", mo.group);
+    const std::vector<float> w = matrix_f32(*et);
+    embed = std::make_shared<QuantizedWeight>(quantize_rtn(w.data(), et->shape[0], et->shape[1], mo, nullptr));
+  }
+
   for (const auto& [name, t] : src.all()) {
     auto it = done.find(name);
     if (it != done.end()) {
       add_quantized(*out, name, it->second);
     } else if (name == "lm_head.weight" && head) {
       add_quantized(*out, name, head);
+    } else if (name == "model.embed_tokens.weight" && embed) {
+      add_quantized(*out, name, embed);
     } else {
       out->add(t);
     }
@@ -416,6 +432,7 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   s["act_bits"] = o.act_bits;
   s["scale_dtype"] = o.scale_dtype == DType::F16 ? "f16" : o.scale_dtype == DType::BF16 ? "bf16" : "f32";
   s["lm_head_bits"] = head ? o.lm_head_bits : 0;
+  s["embed_bits"] = embed ? o.embed_bits : 0;
   s["linear_bpw"] = res.linear_bpw;
   if (method == "gptq" || method == "awq-gptq") {
     s["gptq_refine"] = o.gptq.refine;
