@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "model/llama.h"
 #include "model/llama_cuda.h"
+#include "quant/group_quant.h"
 #include "quant/random_qbits.h"
 #include "runtime/random_model.h"
 #include "runtime/sampler.h"
@@ -392,6 +393,40 @@ TEST(CudaQbitsModel, QuantizedEmbeddingTableMatchesCpuModel) {
       return s;
     };
     compare_with_cpu(qbits_model(test_shape(false), spec, 31 + uint64_t(bits), true), uint64_t(bits));
+  }
+}
+
+// The shapes of `anybit quantize` on a model whose widths are not whole groups of 128 (SmolLM's
+// 576, 960): hidden 192 (6 query heads of 32 over 2 KV heads, 3 per group) takes groups of 64,
+// FFN 352 (down_proj's rows) groups of 32 (quant::fitting_group); the embedding table is QBITS
+// and, tied, also lm_head. Row counts of 192, 256 (q|k|v), 704 (gate|up) and 352 are not
+// multiples of the kernels' 128-wide tiles.
+TEST(CudaQbitsModel, WidthsThatAreNotWholeGroupsOf128MatchCpuModel) {
+  ANYBIT_REQUIRE_CUDA();
+  ModelConfig cfg = test_shape(false);
+  cfg.hidden = 192, cfg.n_layers = 2, cfg.n_heads = 6, cfg.n_kv_heads = 2, cfg.head_dim = 32, cfg.ffn = 352;
+  for (bool tied : {false, true}) {
+    for (int bits : {4, 3}) {
+      SCOPED_TRACE(std::to_string(bits) + " bits" + (tied ? ", tied embeddings" : ""));
+      const SpecFn spec = [&](const std::string& name) {
+        QSpec s;
+        s.bits = name == "model.embed_tokens.weight" || name == "lm_head.weight" ? 8 : bits;
+        s.asym = bits == 3, s.input_scale = bits == 3 && !contains(name, "embed") && !contains(name, "lm_head");
+        s.group = quant::fitting_group(128, contains(name, "down_proj") ? cfg.ffn : cfg.hidden);
+        return s;
+      };
+      ModelFiles f = qbits_model(cfg, spec, 41 + uint64_t(bits) + 10 * tied, true);
+      if (tied) {
+        auto store = std::make_shared<TensorStore>();
+        store->set_origin("tied test model");
+        store->keep_alive(std::shared_ptr<MappedFile>(f.weights, nullptr));
+        for (const auto& [name, t] : f.weights->all())
+          if (name != "lm_head.weight") store->add(t);
+        f.weights = store;
+        f.config.tie_embeddings = true;
+      }
+      compare_with_cpu(f, uint64_t(bits) + 10 * tied);
+    }
   }
 }
 

@@ -548,3 +548,97 @@ TEST(QuantModel, QuantizedEmbeddingTableLooksUpItsDequantizedRows) {
   bad.embed_bits = 9;
   EXPECT_THROW(quant::quantize_model(m, bad), Error);
 }
+
+// Hidden sizes such as SmolLM's 576 or 960 are not whole groups of 128. Such a matrix falls back
+// to the largest of 64 and 32 that divides its rows, in every path (uniform widths, mixed
+// precision, lm_head, the embedding table), and the model still runs; a row that is not a
+// multiple of 32 is refused with the tensor's name.
+TEST(QuantModel, RowsThatAreNotWholeGroupsFallBackToSmallerGroups) {
+  ModelConfig c = named_shape("tiny");
+  c.hidden = 192, c.n_layers = 2, c.n_heads = 6, c.n_kv_heads = 2, c.head_dim = 32, c.ffn = 352;
+  ModelFiles m = make_random_model(c, DType::BF16, 977);
+  m.tokenizer = load_model_files(kTiny).tokenizer;
+  // Tied embeddings, as in most small models: lm_head comes from the embedding table.
+  auto tied = std::make_shared<TensorStore>();
+  tied->keep_alive(std::shared_ptr<MappedFile>(m.weights, nullptr));
+  for (const auto& [name, t] : m.weights->all())
+    if (name != "lm_head.weight") tied->add(t);
+  m.weights = tied;
+  m.config.tie_embeddings = true;
+  // 192 = 1.5 x 128 -> groups of 64; down_proj's 352 = 11 x 32 -> groups of 32.
+  auto group_of = [](const std::string& name) { return name.find("down_proj") != std::string::npos ? 32 : 64; };
+
+  quant::QuantizeOptions o;
+  o.bits = 4, o.group = 128, o.progress = false;
+  const quant::QuantizeResult q = quant::quantize_model(m, o);
+  ASSERT_EQ(q.matrices.size(), size_t(7 * c.n_layers));
+  double bits = 0.0, numel = 0.0;
+  for (const auto& r : q.matrices) {
+    const QuantizedWeight& w = quantized_of(q.weights->get(r.name));
+    EXPECT_EQ(w.group, group_of(r.name)) << r.name;
+    EXPECT_EQ(q.summary.at("matrices").at(r.name).at("group").get<int>(), w.group) << r.name;
+    bits += double(r.numel) * (4.0 + 16.0 / w.group), numel += double(r.numel);
+  }
+  EXPECT_NEAR(q.linear_bpw, bits / numel, 1e-12);
+  for (const char* name : {"lm_head.weight", "model.embed_tokens.weight"}) {
+    const QuantizedWeight& w = quantized_of(q.weights->get(name));
+    EXPECT_EQ(w.group, 64) << name;
+    EXPECT_EQ(w.bits, 8) << name;
+  }
+
+  // Saved and loaded, the model computes what its dequantized weights say (the fast kernels
+  // may round activations to 8 bits, hence the tolerance).
+  test::TempDir dir;
+  QuantWriteOptions w;
+  w.summary = q.summary;
+  write_quant_folder(dir.file("q"), m.config, *q.weights, m.tokenizer, w);
+  ModelFiles back = load_model_files(dir.file("q"));
+  std::mt19937 rng(5);
+  std::vector<int32_t> ids(7);
+  for (auto& id : ids) id = int32_t(rng() % uint32_t(c.vocab));
+  std::vector<float> logits[2];
+  int k = 0;
+  for (const auto& store : {back.weights, effective_store(back.weights)}) {
+    LlamaModel model(back.config, store);
+    KVCache kv(back.config, 4);
+    SequenceKV seq;
+    ForwardOutput out;
+    model.forward({BatchEntry{&seq, ids.data(), int64_t(ids.size()), true}}, kv, out);
+    logits[k++] = out.logits;
+  }
+  ASSERT_EQ(logits[0].size(), ids.size() * size_t(c.vocab));
+  double d = 0.0, e = 0.0;
+  for (size_t i = 0; i < logits[0].size(); ++i) {
+    ASSERT_TRUE(std::isfinite(logits[0][i]));
+    d += std::pow(double(logits[0][i]) - logits[1][i], 2), e += double(logits[1][i]) * logits[1][i];
+  }
+  EXPECT_LT(std::sqrt(d / e), 0.02);
+
+  // Mixed precision: every matrix takes only groups that divide its rows; without
+  // --mixed-formats, only its fallback group.
+  for (bool formats : {true, false}) {
+    quant::QuantizeOptions mo = calibrated_options();
+    mo.target_bpw = 3.5, mo.mixed_formats = formats, mo.min_bits = 2, mo.max_bits = 4;
+    mo.sensitivity_tokens = 512, mo.gptq.refine = 1;
+    const quant::QuantizeResult mq = quant::quantize_model(m, mo);
+    EXPECT_LE(mq.linear_bpw, 3.5 + 1e-12) << formats;
+    EXPECT_GT(mq.linear_bpw, 3.2) << formats;
+    for (const auto& r : mq.matrices) {
+      const QuantizedWeight& qw = quantized_of(mq.weights->get(r.name));
+      EXPECT_EQ(qw.cols % qw.group, 0) << r.name;
+      if (!formats) EXPECT_EQ(qw.group, group_of(r.name)) << r.name;
+    }
+  }
+
+  // Rows of 200 are not a multiple of 32: a clear error naming the tensor.
+  ModelConfig odd = c;
+  odd.hidden = 200, odd.n_heads = 5, odd.n_kv_heads = 1, odd.head_dim = 40;
+  ModelFiles bad = make_random_model(odd, DType::BF16, 978);
+  try {
+    quant::quantize_model(bad, o);
+    ADD_FAILURE() << "rows of 200 were quantized";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("not a multiple of 32"), std::string::npos) << err.what();
+    EXPECT_NE(std::string(err.what()).find("q_proj"), std::string::npos) << err.what();
+  }
+}

@@ -544,6 +544,67 @@ TEST(QuantAlloc, FormatsWithGroupsAndZerosMeetTheTargetAndAreOptimal) {
   }
 }
 
+TEST(QuantAlloc, ItemsTakeOnlyTheFormatsTheyAllowAndStayOptimal) {
+  // A matrix whose rows are not whole groups of 128 may take only the 32-groups: random
+  // allowed sets per item, checked against the brute-force optimum over allowed choices.
+  std::vector<AllocOption> opts;
+  for (int b : {2, 3, 4, 6})
+    for (int g : {32, 128}) opts.push_back({b, g, g == 32});
+  const int nw = int(opts.size());
+  for (int trial = 0; trial < 20; ++trial) {
+    const int nitems = 2 + trial % 3;
+    std::vector<AllocItem> items(static_cast<size_t>(nitems));
+    std::uniform_int_distribution<int> sz(1, 6), coin(0, 2);
+    std::uniform_real_distribution<double> g(0.1, 10.0), noise(0.5, 1.5);
+    double lo = 0, hi = 0;
+    int64_t total = 0;
+    for (auto& it : items) {
+      it.numel = int64_t(sz(rng())) * 128 * 32;
+      const double gain = g(rng());
+      for (const auto& f : opts) it.cost.push_back(gain * noise(rng()) * std::pow(4.0, -f.bits) * double(it.numel));
+      it.allowed.assign(size_t(nw), 0);
+      while (std::count(it.allowed.begin(), it.allowed.end(), 1) == 0)
+        for (auto& a : it.allowed) a = coin(rng()) == 0;
+      double mn = 1e300, mx = 0;
+      for (int b = 0; b < nw; ++b)
+        if (it.allowed[size_t(b)]) {
+          const double bits = double(it.numel) * width_bpw(opts[size_t(b)].bits, opts[size_t(b)].group, opts[size_t(b)].asym);
+          mn = std::min(mn, bits), mx = std::max(mx, bits);
+        }
+      lo += mn, hi += mx, total += it.numel;
+    }
+    std::uniform_real_distribution<double> tg(lo / double(total), hi / double(total) + 1e-9);
+    const double target = tg(rng());
+    const AllocResult r = allocate_formats(items, opts, target);
+    ASSERT_LE(r.bpw, target + 1e-12);
+    for (size_t i = 0; i < items.size(); ++i) EXPECT_TRUE(items[i].allowed[size_t(r.choice[i])]) << "trial " << trial << " item " << i;
+    double best = 1e300;
+    int64_t combos = 1;
+    for (int i = 0; i < nitems; ++i) combos *= nw;
+    for (int64_t c = 0; c < combos; ++c) {
+      int64_t x = c;
+      double bits = 0, cost = 0;
+      bool ok = true;
+      for (int i = 0; i < nitems; ++i, x /= nw) {
+        const AllocOption& f = opts[size_t(x % nw)];
+        ok = ok && items[size_t(i)].allowed[size_t(x % nw)];
+        bits += double(items[size_t(i)].numel) * width_bpw(f.bits, f.group, f.asym);
+        cost += items[size_t(i)].cost[size_t(x % nw)];
+      }
+      if (ok && bits / double(total) <= target + 1e-12) best = std::min(best, cost);
+    }
+    EXPECT_NEAR(r.cost, best, 1e-9 * best) << "trial " << trial;
+  }
+  // An item that allows nothing, or a mask of the wrong length, is an error, not a choice.
+  std::vector<AllocItem> bad(1);
+  bad[0].numel = 128 * 32;
+  bad[0].cost.assign(size_t(nw), 1.0);
+  bad[0].allowed.assign(size_t(nw), 0);
+  EXPECT_THROW(allocate_formats(bad, opts, 8.0), Error);
+  bad[0].allowed.assign(size_t(nw) - 1, 1);
+  EXPECT_THROW(allocate_formats(bad, opts, 8.0), Error);
+}
+
 TEST(QuantCoordinateDescent, SweepsNeverRaiseARowsErrorAndEndAtACoordinateMinimum) {
   const int64_t n = 16, k = 256, m = 1024, group = 64, G = k / group;
   const std::vector<float> w = normal(size_t(n * k), 0.02f), x = correlated_inputs(m, k);

@@ -26,12 +26,21 @@ AllocResult allocate_formats(const std::vector<AllocItem>& items, const std::vec
   if (nw == 0 || nw > 255) fail("bit allocation: {} format options (1..255)", nw);
   for (const auto& f : options)
     if (f.bits < 2 || f.bits > 8 || f.group <= 0) fail("bit allocation: format of {} bits, group {}", f.bits, f.group);
+  auto allowed = [&](size_t i, int b) { return items[i].allowed.empty() || items[i].allowed[size_t(b)] != 0; };
   int64_t total_numel = 0;
-  for (const auto& it : items) {
+  for (size_t i = 0; i < items.size(); ++i) {
+    const AllocItem& it = items[i];
     if (int(it.cost.size()) != nw) fail("bit allocation: an item has {} costs for {} formats", it.cost.size(), nw);
-    for (const auto& f : options)
-      if (it.numel <= 0 || it.numel % f.group != 0)
-        fail("bit allocation: item of {} weights with group {}", it.numel, f.group);
+    if (!it.allowed.empty() && int(it.allowed.size()) != nw)
+      fail("bit allocation: an item has {} allowed flags for {} formats", it.allowed.size(), nw);
+    int n_allowed = 0;
+    for (int b = 0; b < nw; ++b) {
+      if (!allowed(i, b)) continue;
+      ++n_allowed;
+      if (it.numel <= 0 || it.numel % options[size_t(b)].group != 0)
+        fail("bit allocation: item of {} weights with group {}", it.numel, options[size_t(b)].group);
+    }
+    if (n_allowed == 0) fail("bit allocation: item {} allows none of the {} formats", i, nw);
     total_numel += it.numel;
   }
   AllocResult res;
@@ -43,8 +52,9 @@ AllocResult allocate_formats(const std::vector<AllocItem>& items, const std::vec
   std::vector<int64_t> base(n);
   int64_t min_total = 0;
   for (size_t i = 0; i < n; ++i) {
-    base[i] = item_bits(items[i].numel, options[0]);
-    for (const auto& f : options) base[i] = std::min(base[i], item_bits(items[i].numel, f));
+    base[i] = std::numeric_limits<int64_t>::max();
+    for (int b = 0; b < nw; ++b)
+      if (allowed(i, b)) base[i] = std::min(base[i], item_bits(items[i].numel, options[size_t(b)]));
     min_total += base[i];
   }
   if (min_total > budget)
@@ -55,7 +65,8 @@ AllocResult allocate_formats(const std::vector<AllocItem>& items, const std::vec
   // too many states. Rounding up only over-counts, so feasibility is kept.
   int64_t unit = 0;
   for (size_t i = 0; i < n; ++i)
-    for (const auto& f : options) unit = std::gcd(unit, item_bits(items[i].numel, f) - base[i]);
+    for (int b = 0; b < nw; ++b)
+      if (allowed(i, b)) unit = std::gcd(unit, item_bits(items[i].numel, options[size_t(b)]) - base[i]);
   if (unit == 0) unit = 1;
   const int64_t max_states = 200000;
   // Only the part of the budget above the smallest sizes is allocated.
@@ -66,8 +77,9 @@ AllocResult allocate_formats(const std::vector<AllocItem>& items, const std::vec
   std::vector<std::vector<int64_t>> extra(n, std::vector<int64_t>(size_t(nw)));
   for (size_t i = 0; i < n; ++i)
     for (int b = 0; b < nw; ++b) {
+      // A format the item cannot take costs more than the whole slack: never chosen.
       const int64_t e = item_bits(items[i].numel, options[size_t(b)]) - base[i];
-      extra[i][size_t(b)] = (e + unit - 1) / unit;
+      extra[i][size_t(b)] = allowed(i, b) ? (e + unit - 1) / unit : S + 1;
     }
   std::vector<double> dp(size_t(S + 1), 0.0), next(size_t(S + 1));
   std::vector<uint8_t> choice(n * size_t(S + 1));

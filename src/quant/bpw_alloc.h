@@ -24,6 +24,9 @@ struct AllocOption {
 struct AllocItem {
   int64_t numel = 0;
   std::vector<double> cost;  // cost[i] under options[i] (allocate_bits: cost[b - min_bits])
+  // allowed[i] != 0: options[i] can store this item (e.g. its group divides the item's rows).
+  // Empty: every option can.
+  std::vector<uint8_t> allowed;
 };
 
 struct AllocResult {
@@ -33,8 +36,8 @@ struct AllocResult {
   double cost = 0.0;
 };
 
-// Throws anybit::Error when even the smallest options exceed the target, or when an
-// item's size is not a multiple of some option's group.
+// Throws anybit::Error when even the smallest allowed options exceed the target, when an item
+// allows no option, or when an item's size is not a multiple of an allowed option's group.
 AllocResult allocate_formats(const std::vector<AllocItem>& items, const std::vector<AllocOption>& options,
                              double target_bpw);
 

@@ -152,6 +152,12 @@ GroupParams search_params(const float* w, const float* d, int64_t n, const Group
   return best;
 }
 
+int fitting_group(int group, int64_t cols) {
+  for (int g : {128, 64, 32})
+    if (g <= group && cols > 0 && cols % g == 0) return g;
+  return 0;
+}
+
 void check_matrix_options(const MatrixOptions& o, int64_t rows, int64_t cols, const std::string& what) {
   if (o.bits < 2 || o.bits > 8) fail("{}: bits must be 2..8 (got {})", what, o.bits);
   if (o.group != 32 && o.group != 64 && o.group != 128) fail("{}: group must be 32, 64 or 128 (got {})", what, o.group);

@@ -63,6 +63,11 @@ struct MatrixOptions {
   GroupFormat format() const { return GroupFormat{bits, asym, meta}; }
 };
 
+// The group size a matrix with rows of `cols` gets when `group` was asked for: `group` when it
+// divides the row, else the largest smaller size of 64 and 32 that does (a hidden size of 576 or
+// 960 is not whole groups of 128). 0 when none does (the row is not a multiple of 32).
+int fitting_group(int group, int64_t cols);
+
 // Checks bits/group/shape; throws anybit::Error naming `what`.
 void check_matrix_options(const MatrixOptions& o, int64_t rows, int64_t cols, const std::string& what);
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 
 #include "core/error.h"
 #include "core/progress.h"
@@ -201,8 +202,20 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
     fail("--lm-head-bits must be 0 (keep) or 2..8 (got {})", o.lm_head_bits);
   if (o.embed_bits != 0 && (o.embed_bits < 2 || o.embed_bits > 8))
     fail("--embed-bits must be 0 (keep) or 2..8 (got {})", o.embed_bits);
+  if (o.group != 32 && o.group != 64 && o.group != 128) fail("--group must be 32, 64 or 128 (got {})", o.group);
   const ModelConfig& cfg = in.config;
   const TensorStore& src = *in.weights;
+
+  // A matrix whose rows are not whole groups of --group gets the largest of 64 and 32 that
+  // fits (fitting_group); one line per row length says so.
+  std::map<int64_t, int> fallback_cols;  // row length -> group it got
+  auto group_for = [&](int64_t cols, const std::string& name) {
+    const int g = fitting_group(o.group, cols);
+    if (g == 0) fail("{}: {}: the row length {} is not a multiple of 32, the smallest group", src.origin(), name, cols);
+    if (g != o.group && fallback_cols.emplace(cols, g).second)
+      spdlog::info("rows of {} are not whole groups of {}: matrices with them use groups of {}", cols, o.group, g);
+    return g;
+  };
 
   std::vector<Matrix> mats;
   for (int64_t l = 0; l < cfg.n_layers; ++l)
@@ -215,9 +228,9 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
       m.rows = t.shape[0];
       m.cols = t.shape[1];
       m.bits = o.bits;
-      m.group = o.group;
+      m.group = group_for(m.cols, m.name);
       m.asym = o.asym;
-      check_matrix_options(matrix_options(o, o.bits, o.group, o.asym), m.rows, m.cols, src.origin() + ": " + m.name);
+      check_matrix_options(matrix_options(o, o.bits, m.group, o.asym), m.rows, m.cols, src.origin() + ": " + m.name);
       mats.push_back(m);
     }
 
@@ -250,26 +263,18 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
     const size_t nsens = size_t(std::max<int64_t>(1, o.sensitivity_tokens / o.calib_ctx));
     std::vector<std::vector<int32_t>> sens(windows.begin(), windows.begin() + long(std::min(nsens, windows.size())));
     const double base = calibration_nll(cfg, in.weights, sens);
-    // Candidate formats: the widths at --group/--asym, or with mixed_formats every width at
-    // every group size that divides all rows, symmetric and asymmetric.
+    // Candidate formats: the widths at --group/--asym (and at the fallback groups of the
+    // matrices whose rows are not whole groups), or with mixed_formats every width at every
+    // group size, symmetric and asymmetric. Each matrix may take only the formats whose
+    // group divides its rows (and without mixed_formats only its own group).
     std::vector<AllocOption> fmts;
-    for (int b = o.min_bits; b <= o.max_bits; ++b) {
-      if (!o.mixed_formats) {
-        fmts.push_back({b, o.group, o.asym});
-        continue;
-      }
-      for (int g : {32, 64, 128}) {
-        bool fits = true;
-        for (const Matrix& m : mats) fits = fits && m.cols % g == 0;
-        if (fits)
-          for (bool a : {false, true}) fmts.push_back({b, g, a});
-      }
-    }
-    // The sensitivity reference: width floor(X) at --group/--asym.
-    int iref = -1;
-    for (size_t f = 0; f < fmts.size(); ++f)
-      if (fmts[f].bits == ref && fmts[f].group == o.group && fmts[f].asym == o.asym) iref = int(f);
-    if (iref < 0) fail("--target-bpw: group {} does not divide every matrix", o.group);
+    std::set<int> groups;
+    for (const Matrix& m : mats) groups.insert(m.group);
+    if (o.mixed_formats) groups = {32, 64, 128};
+    for (int b = o.min_bits; b <= o.max_bits; ++b)
+      for (int g : groups)
+        for (bool a : {false, true})
+          if (o.mixed_formats || a == o.asym) fmts.push_back({b, g, a});
     std::vector<AllocItem> items(mats.size());
     const int nw = int(fmts.size());
     ProgressBar bar("sensitivity", o.progress);
@@ -278,10 +283,19 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
       const SiteStats st = site_stats(fp_shared->at(input_site(m.name)), o.gptq.damp);
       const std::vector<float> w = matrix_f32(src.get(m.name));
       items[i].numel = m.rows * m.cols;
-      items[i].cost.resize(size_t(nw));
+      items[i].cost.assign(size_t(nw), 0.0);
+      items[i].allowed.assign(size_t(nw), 0);
+      // The sensitivity reference: width floor(X) at the matrix's group and --asym.
+      int iref = -1;
+      for (int f = 0; f < nw; ++f) {
+        const AllocOption& fo = fmts[size_t(f)];
+        items[i].allowed[size_t(f)] = o.mixed_formats ? m.cols % fo.group == 0 : fo.group == m.group;
+        if (fo.bits == ref && fo.group == m.group && fo.asym == o.asym) iref = f;
+      }
       std::vector<double> err(static_cast<size_t>(nw));
       std::shared_ptr<std::vector<float>> ref_w;
       for (int f = 0; f < nw; ++f) {
+        if (!items[i].allowed[size_t(f)]) continue;
         const AllocOption& fo = fmts[size_t(f)];
         const QuantizedWeight q = quantize_rtn(w.data(), m.rows, m.cols, matrix_options(o, fo.bits, fo.group, fo.asym),
                                                st.second_moment.data());
@@ -375,11 +389,14 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
     const TensorView* ht = src.find("lm_head.weight");
     if (!ht && cfg.tie_embeddings) ht = src.find("model.embed_tokens.weight");
     if (ht) {
-      MatrixOptions mo = matrix_options(o, o.lm_head_bits, o.group, o.asym);
-      mo.act_bits = o.act_bits;
-      if (ht->shape.size() == 2 && ht->shape[1] % mo.group == 0) {
+      const int g = ht->shape.size() == 2 ? fitting_group(o.group, ht->shape[1]) : 0;
+      if (g > 0) {
+        MatrixOptions mo = matrix_options(o, o.lm_head_bits, g, o.asym);
+        mo.act_bits = o.act_bits;
         const std::vector<float> w = matrix_f32(*ht);
         head = std::make_shared<QuantizedWeight>(quantize_rtn(w.data(), ht->shape[0], ht->shape[1], mo, nullptr));
+      } else {
+        spdlog::info("keeping lm_head as stored: its rows are not a multiple of 32");
       }
     }
   }
@@ -387,16 +404,17 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   // The embedding table: round-to-nearest with clipping search, rows read one at a time
   // by the lookup (a tied lm_head without --lm-head-bits then runs on it as a QBITS matrix).
   // 8 bits by default: +0.01% perplexity on tiny-llama for half the table's bytes. A table
-  // whose rows are not whole groups keeps its dtype, as lm_head does.
+  // whose rows are not a multiple of 32 keeps its dtype, as lm_head does.
   std::shared_ptr<QuantizedWeight> embed;
   if (o.embed_bits > 0) {
     const TensorView* et = src.find("model.embed_tokens.weight");
-    const MatrixOptions mo = matrix_options(o, o.embed_bits, o.group, o.asym);
-    if (et && et->shape.size() == 2 && et->shape[1] % mo.group == 0) {
+    const int g = et && et->shape.size() == 2 ? fitting_group(o.group, et->shape[1]) : 0;
+    if (g > 0) {
+      const MatrixOptions mo = matrix_options(o, o.embed_bits, g, o.asym);
       const std::vector<float> w = matrix_f32(*et);
       embed = std::make_shared<QuantizedWeight>(quantize_rtn(w.data(), et->shape[0], et->shape[1], mo, nullptr));
-    } else {
-      spdlog::info("keeping the embedding table as stored: its rows are not whole groups of {}", mo.group);
+    } else if (et) {
+      spdlog::info("keeping the embedding table as stored: its rows are not a multiple of 32");
     }
   }
 
