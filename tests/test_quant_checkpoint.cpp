@@ -642,3 +642,47 @@ TEST(QuantModel, RowsThatAreNotWholeGroupsFallBackToSmallerGroups) {
     EXPECT_NE(std::string(err.what()).find("q_proj"), std::string::npos) << err.what();
   }
 }
+
+// Sequential calibration keeps each window's residual stream between stages (StreamCache)
+// instead of running the model from the start: every site's statistics, plain and paired
+// with the reference, must be those of the full forwards, layer after layer.
+TEST(QuantCalibration, StreamCacheGivesTheStatisticsOfFullForwards) {
+  const ModelFiles m = small_model();
+  quant::QuantizeOptions o;
+  o.bits = 3, o.group = 64, o.embed_bits = 0, o.progress = false;  // the same embedding in both models
+  const std::shared_ptr<const TensorStore> qw = effective_store(quant::quantize_model(m, o).weights);
+  const auto windows = quant::calibration_windows(m.tokenizer, calib_text(), 96, 96 * 9, "calib");
+  ASSERT_EQ(windows.size(), 9u);  // two batches of 4 and one of 1
+  quant::StreamCache paired(m.config, qw, windows, true), plain(m.config, qw, windows, false);
+  auto expect_same = [](const quant::InputStats& a, const quant::InputStats& b, const std::string& what) {
+    ASSERT_EQ(a.n, b.n) << what;
+    ASSERT_EQ(a.xtx.size(), b.xtx.size()) << what;
+    ASSERT_EQ(a.rtx.size(), b.rtx.size()) << what;
+    for (size_t i = 0; i < a.xtx.size(); ++i) ASSERT_NEAR(a.xtx[i], b.xtx[i], 1e-6 * (std::abs(b.xtx[i]) + 1e-3)) << what;
+    for (size_t i = 0; i < a.rtx.size(); ++i) ASSERT_NEAR(a.rtx[i], b.rtx[i], 1e-6 * (std::abs(b.rtx[i]) + 1e-3)) << what;
+    for (size_t i = 0; i < a.abs_sum.size(); ++i) ASSERT_NEAR(a.abs_sum[i], b.abs_sum[i], 1e-6 * (b.abs_sum[i] + 1e-3)) << what;
+  };
+  for (int64_t l = 0; l < m.config.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    for (const char* site : {"self_attn.q_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
+                             "mlp.down_proj.weight"}) {
+      quant::CollectOptions co;
+      co.sites = {p + site};
+      co.stop_after = p + site;
+      std::map<std::string, quant::InputStats> a, b, c, d;
+      paired.collect(qw, m.weights, co, a);
+      quant::collect_paired_stats(m.config, m.weights, qw, windows, co, b);
+      expect_same(a.at(p + site), b.at(p + site), "paired " + p + site);
+      ASSERT_FALSE(a.at(p + site).rtx.empty());
+      plain.collect(qw, nullptr, co, c);
+      quant::collect_input_stats(m.config, qw, windows, co, d);
+      expect_same(c.at(p + site), d.at(p + site), "plain " + p + site);
+    }
+    std::map<std::string, quant::InputStats> unused;
+    EXPECT_THROW(plain.collect(qw, m.weights, quant::CollectOptions{}, unused), Error);  // it keeps no reference
+    paired.advance(qw, m.weights);
+    plain.advance(qw, nullptr);
+    EXPECT_EQ(paired.layer(), l + 1);
+  }
+  EXPECT_THROW(plain.advance(qw, nullptr), Error);
+}

@@ -201,9 +201,9 @@ void LlamaModel::mlp_block(const Layer& L, int64_t total) {
   for (int64_t i = 0; i < total * H; ++i) s_.x[size_t(i)] += s_.proj[size_t(i)];
 }
 
-void LlamaModel::forward(const std::vector<BatchEntry>& batch, KVCache& kv, ForwardOutput& out) {
+int64_t LlamaModel::reserve_batch(const std::vector<BatchEntry>& batch, KVCache& kv) {
   if (!kv.has_storage()) fail("forward: this KV cache has no host storage (it was made for a GPU backend)");
-  int64_t total = 0, out_rows = 0;
+  int64_t total = 0;
   for (const auto& e : batch) {
     if (!e.seq || e.n_tokens <= 0 || !e.tokens) fail("forward: empty batch entry");
     for (int64_t i = 0; i < e.n_tokens; ++i)
@@ -213,7 +213,6 @@ void LlamaModel::forward(const std::vector<BatchEntry>& batch, KVCache& kv, Forw
       fail("sequence of {} tokens exceeds the model's context of {}", e.seq->n_tokens + e.n_tokens,
            cfg_.max_position);
     total += e.n_tokens;
-    out_rows += e.all_logits ? e.n_tokens : 1;
   }
   // Reserve every entry's blocks before touching anything; undo on failure.
   std::vector<size_t> had(batch.size());
@@ -230,6 +229,41 @@ void LlamaModel::forward(const std::vector<BatchEntry>& batch, KVCache& kv, Forw
       fail("KV cache is full ({} blocks of {} tokens)", kv.n_blocks(), kv.block_size());
     }
   }
+  return total;
+}
+
+void LlamaModel::forward_layers(const std::vector<BatchEntry>& batch, KVCache& kv, int64_t from, int64_t to,
+                                std::vector<float>& stream) {
+  if (from < 0 || to < from || to > cfg_.n_layers)
+    fail("forward_layers: layers [{}, {}) of a {}-layer model", from, to, cfg_.n_layers);
+  for (const auto& e : batch)
+    if (e.seq && e.seq->n_tokens != 0) fail("forward_layers: the sequences must be fresh");
+  const int64_t H = cfg_.hidden;
+  int64_t total = 0;
+  for (const auto& e : batch) total += e.n_tokens > 0 ? e.n_tokens : 0;
+  if (from > 0 && int64_t(stream.size()) != total * H)
+    fail("forward_layers: a stream of {} values for {} tokens of width {}", stream.size(), total, H);
+  reserve_batch(batch, kv);
+  s_.resize(total, cfg_);
+  if (from == 0) {
+    embed(batch, total);
+  } else {
+    std::copy(stream.begin(), stream.end(), s_.x.begin());
+    int64_t t = 0;
+    for (const auto& e : batch)
+      for (int64_t i = 0; i < e.n_tokens; ++i) s_.pos[size_t(t++)] = i;
+  }
+  for (int64_t l = from; l < to; ++l) {
+    attention_block(layers_[size_t(l)], l, batch, total, kv);
+    mlp_block(layers_[size_t(l)], total);
+  }
+  stream.assign(s_.x.begin(), s_.x.begin() + total * H);
+}
+
+void LlamaModel::forward(const std::vector<BatchEntry>& batch, KVCache& kv, ForwardOutput& out) {
+  const int64_t total = reserve_batch(batch, kv);
+  int64_t out_rows = 0;
+  for (const auto& e : batch) out_rows += e.all_logits ? e.n_tokens : 1;
 
   s_.resize(total, cfg_);
   embed(batch, total);

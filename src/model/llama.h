@@ -46,6 +46,15 @@ class LlamaModel {
 
   size_t weight_bytes() const;
 
+  // Layers [from, to) only, for fresh sequences (n_tokens 0, left unchanged; the caller
+  // releases their blocks). `stream` holds the residual stream entering layer `from`
+  // (total x hidden, the entries' tokens in order); with from == 0 it is ignored and the
+  // embedding is looked up. On return it holds the stream leaving layer to - 1 (from == to:
+  // just the embedding or the input). Sequential calibration keeps every window's stream
+  // between stages instead of running the model from the start at each one.
+  void forward_layers(const std::vector<BatchEntry>& batch, KVCache& kv, int64_t from, int64_t to,
+                      std::vector<float>& stream);
+
   // Calibration hook: called with the fp32 input rows of every linear layer, named by its
   // weight (e.g. "model.layers.3.mlp.down_proj.weight"), before the matmul runs.
   using ActivationObserver = std::function<void(const std::string& weight, const float* x, int64_t m, int64_t k)>;
@@ -64,6 +73,8 @@ class LlamaModel {
     void resize(int64_t t, const ModelConfig& c);
   };
 
+  // Validates the entries and reserves their KV blocks (all or none); returns the token count.
+  int64_t reserve_batch(const std::vector<BatchEntry>& batch, KVCache& kv);
   void embed(const std::vector<BatchEntry>& batch, int64_t total);
   void attention_block(const Layer& L, int64_t layer, const std::vector<BatchEntry>& batch, int64_t total,
                        KVCache& kv);

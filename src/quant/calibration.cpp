@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "core/error.h"
 #include "kernels/dispatch.h"
@@ -177,6 +178,109 @@ void collect_paired_stats(const ModelConfig& cfg, std::shared_ptr<const TensorSt
     run_batches(cfg, ref_model, part, opts.batch_windows, false, [](size_t, size_t, const ForwardOutput&) {});
     run_batches(cfg, model, part, opts.batch_windows, false, [](size_t, size_t, const ForwardOutput&) {});
   }
+}
+
+namespace {
+
+// Runs layers [from, to) of one batch of windows (all but each window's last token, as
+// run_batches does) on `stream`, releasing the KV blocks however it ends.
+void run_stream(const ModelConfig& cfg, LlamaModel& model, const std::vector<std::vector<int32_t>>& windows, size_t b,
+                size_t e, int64_t from, int64_t to, std::vector<float>& stream) {
+  int64_t longest = 0;
+  for (size_t i = b; i < e; ++i) longest = std::max<int64_t>(longest, int64_t(windows[i].size()));
+  const int64_t block = 16;
+  KVCache kv(cfg, int64_t(e - b) * ((longest + block - 1) / block + 1), block);
+  std::vector<SequenceKV> seqs(e - b);
+  std::vector<BatchEntry> batch;
+  for (size_t i = b; i < e; ++i)
+    batch.push_back(BatchEntry{&seqs[i - b], windows[i].data(), int64_t(windows[i].size()) - 1, false});
+  try {
+    model.forward_layers(batch, kv, from, to, stream);
+  } catch (...) {
+    for (auto& s : seqs) kv.release(s);
+    throw;
+  }
+  for (auto& s : seqs) kv.release(s);
+}
+
+}  // namespace
+
+StreamCache::StreamCache(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
+                         const std::vector<std::vector<int32_t>>& windows, bool with_reference, int64_t batch_windows)
+    : cfg_(cfg), windows_(windows), batch_windows_(std::max<int64_t>(1, batch_windows)), with_reference_(with_reference) {
+  LlamaModel model(cfg_, std::move(weights));
+  const size_t bw = size_t(batch_windows_);
+  for (size_t b = 0; b < windows_.size(); b += bw) {
+    model_.emplace_back();
+    run_stream(cfg_, model, windows_, b, std::min(windows_.size(), b + bw), 0, 0, model_.back());
+  }
+  // Both models look up the same embedding (quantize does not touch it before the layers).
+  if (with_reference_) reference_ = model_;
+}
+
+void StreamCache::collect(std::shared_ptr<const TensorStore> weights, std::shared_ptr<const TensorStore> reference,
+                          const CollectOptions& opts, std::map<std::string, InputStats>& out) const {
+  if (reference && !with_reference_) fail("calibration: this stream cache keeps no reference stream");
+  if (layer_ >= cfg_.n_layers) fail("calibration: every layer has been passed");
+  LlamaModel model(cfg_, std::move(weights));
+  std::unique_ptr<LlamaModel> ref_model;
+  if (reference) ref_model = std::make_unique<LlamaModel>(cfg_, std::move(reference));
+  std::map<std::string, std::vector<std::vector<float>>> held;
+  std::map<std::string, size_t> next;
+  if (ref_model)
+    ref_model->set_observer([&](const std::string& name, const float* x, int64_t m, int64_t k) {
+      if (opts.sites.count(name)) held[name].emplace_back(x, x + m * k);
+      if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
+    });
+  model.set_observer([&](const std::string& name, const float* x, int64_t m, int64_t k) {
+    if (opts.sites.count(name)) {
+      InputStats& s = out[name];
+      s.add(x, m, k, opts.hessian);
+      if (ref_model) {
+        const std::vector<std::vector<float>>& chunks = held[name];
+        const size_t i = next[name]++;
+        if (i >= chunks.size() || chunks[i].size() != size_t(m * k))
+          fail("calibration: the reference model fed {} differently shaped inputs", name);
+        s.add_cross(chunks[i].data(), x, m, k);
+      }
+    }
+    if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
+  });
+  const size_t bw = size_t(batch_windows_);
+  for (size_t i = 0; i < model_.size(); ++i) {
+    const size_t b = i * bw, e = std::min(windows_.size(), b + bw);
+    held.clear();
+    next.clear();
+    // Copies: a stage stops inside the layer and must leave the kept streams as they are.
+    if (ref_model) {
+      std::vector<float> r = reference_[i];
+      try {
+        run_stream(cfg_, *ref_model, windows_, b, e, layer_, layer_ + 1, r);
+      } catch (const StopForward&) {
+      }
+    }
+    std::vector<float> x = model_[i];
+    try {
+      run_stream(cfg_, model, windows_, b, e, layer_, layer_ + 1, x);
+    } catch (const StopForward&) {
+    }
+  }
+}
+
+void StreamCache::advance(std::shared_ptr<const TensorStore> weights, std::shared_ptr<const TensorStore> reference) {
+  if (layer_ >= cfg_.n_layers) fail("calibration: every layer has been passed");
+  if (with_reference_ && !reference) fail("calibration: the reference stream needs the reference weights");
+  LlamaModel model(cfg_, std::move(weights));
+  const size_t bw = size_t(batch_windows_);
+  for (size_t i = 0; i < model_.size(); ++i)
+    run_stream(cfg_, model, windows_, i * bw, std::min(windows_.size(), i * bw + bw), layer_, layer_ + 1, model_[i]);
+  if (with_reference_) {
+    LlamaModel ref(cfg_, std::move(reference));
+    for (size_t i = 0; i < reference_.size(); ++i)
+      run_stream(cfg_, ref, windows_, i * bw, std::min(windows_.size(), i * bw + bw), layer_, layer_ + 1,
+                 reference_[i]);
+  }
+  ++layer_;
 }
 
 double calibration_nll(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,

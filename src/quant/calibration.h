@@ -65,6 +65,36 @@ void collect_paired_stats(const ModelConfig& cfg, std::shared_ptr<const TensorSt
                           std::shared_ptr<const TensorStore> weights, const std::vector<std::vector<int32_t>>& windows,
                           const CollectOptions& opts, std::map<std::string, InputStats>& out);
 
+// Sequential calibration in one pass over the layers: the residual stream entering the
+// current layer is kept for every window, for the model being quantized and optionally for
+// the unquantized reference, so a stage runs one layer instead of the model from the start
+// (the stages of an L-layer model cost O(L) layer passes instead of O(L^2)). Statistics
+// equal those of collect_input_stats / collect_paired_stats with the same weights.
+// Memory: windows x tokens x hidden floats per stream.
+class StreamCache {
+ public:
+  StreamCache(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
+              const std::vector<std::vector<int32_t>>& windows, bool with_reference, int64_t batch_windows = 4);
+  int64_t layer() const { return layer_; }  // the layer the kept streams enter
+
+  // Statistics of opts.sites (inputs of the current layer) under `weights`. With
+  // `reference` (needs with_reference), also the cross moments against the reference's
+  // inputs at the same sites, as collect_paired_stats.
+  void collect(std::shared_ptr<const TensorStore> weights, std::shared_ptr<const TensorStore> reference,
+               const CollectOptions& opts, std::map<std::string, InputStats>& out) const;
+  // Moves the streams through the current layer: the model's under `weights`, the
+  // reference's under `reference` (when kept).
+  void advance(std::shared_ptr<const TensorStore> weights, std::shared_ptr<const TensorStore> reference);
+
+ private:
+  ModelConfig cfg_;
+  std::vector<std::vector<int32_t>> windows_;
+  int64_t batch_windows_;
+  bool with_reference_;
+  int64_t layer_ = 0;
+  std::vector<std::vector<float>> model_, reference_;  // per batch of windows
+};
+
 // Mean next-token NLL over `windows` (each scored like perplexity does).
 double calibration_nll(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
                        const std::vector<std::vector<int32_t>>& windows, int64_t batch_windows = 4);

@@ -335,23 +335,28 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   // of it (attention input, o_proj input, MLP input, down_proj input), so that a site's
   // statistics see the matrices before it in the same layer already quantized.
   std::vector<std::vector<std::string>> stages;
+  std::vector<int64_t> stage_layer;
   for (int64_t l = 0; l < cfg.n_layers; ++l) {
-    if (!o.site_sequential) stages.push_back(layer_sites(l));
+    if (!o.site_sequential) stages.push_back(layer_sites(l)), stage_layer.push_back(l);
     else
-      for (const auto& site : layer_sites(l)) stages.push_back({site});
+      for (const auto& site : layer_sites(l)) stages.push_back({site}), stage_layer.push_back(l);
   }
-  for (const auto& stage : stages) {
+  // The residual streams entering the current layer, kept between stages (StreamCache).
+  std::unique_ptr<StreamCache> streams;
+  if (calib && o.sequential) streams = std::make_unique<StreamCache>(cfg, in.weights, windows, o.reference_target);
+  for (size_t si = 0; si < stages.size(); ++si) {
+    const std::vector<std::string>& stage = stages[si];
     std::map<std::string, InputStats> stage_stats;
     const std::map<std::string, InputStats>* stats = nullptr;
     if (calib && o.sequential && !(repl.empty() && fp_shared)) {
+      // Layers before this stage's are quantized by now: move the streams past them.
+      while (streams->layer() < stage_layer[si]) streams->advance(with_replacements(in.weights, repl), in.weights);
       CollectOptions co;
       co.sites.insert(stage.begin(), stage.end());
       co.stop_after = stage.back();
       // Before anything is quantized both models feed the same inputs: nothing to correct.
-      if (o.reference_target && !repl.empty())
-        collect_paired_stats(cfg, in.weights, with_replacements(in.weights, repl), windows, co, stage_stats);
-      else
-        collect_input_stats(cfg, with_replacements(in.weights, repl), windows, co, stage_stats);
+      const bool paired = o.reference_target && !repl.empty();
+      streams->collect(with_replacements(in.weights, repl), paired ? in.weights : nullptr, co, stage_stats);
       stats = &stage_stats;
     } else if (calib) {
       collect_all();
