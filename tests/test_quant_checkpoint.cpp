@@ -324,6 +324,17 @@ TEST(QuantCheckpoint, MalformedFilesGiveOneLineErrorsNamingTheFile) {
   }
 }
 
+// Logits of every position of `ids`, one fresh sequence, on the CPU model of `store`.
+std::vector<float> all_logits(const ModelConfig& cfg, const std::shared_ptr<const TensorStore>& store,
+                              const std::vector<int32_t>& ids) {
+  LlamaModel model(cfg, store);
+  KVCache kv(cfg, 4);
+  SequenceKV seq;
+  ForwardOutput out;
+  model.forward({BatchEntry{&seq, ids.data(), int64_t(ids.size()), true}}, kv, out);
+  return out.logits;
+}
+
 // The QBITS reference semantics with fp32 activations is "dequantize, divide by the input
 // scale, fp32 matmul" (QuantMatmul tests pin the scalar kernel to it), so a store of
 // those effective fp32 weights runs exactly what the quantized model means.
@@ -530,16 +541,7 @@ TEST(QuantModel, QuantizedEmbeddingTableLooksUpItsDequantizedRows) {
   std::mt19937 rng(11);
   std::vector<int32_t> ids(9);
   for (auto& id : ids) id = int32_t(rng() % uint32_t(V));
-  std::vector<float> logits[2];
-  int k = 0;
-  for (const auto& store : {back.weights, dense}) {
-    LlamaModel model(back.config, store);
-    KVCache kv(back.config, 4);
-    SequenceKV seq;
-    ForwardOutput out;
-    model.forward({BatchEntry{&seq, ids.data(), int64_t(ids.size()), true}}, kv, out);
-    logits[k++] = out.logits;
-  }
+  const std::vector<float> logits[2] = {all_logits(back.config, back.weights, ids), all_logits(back.config, dense, ids)};
   ASSERT_EQ(logits[0].size(), ids.size() * size_t(V));
   for (float v : logits[0]) ASSERT_TRUE(std::isfinite(v));
   EXPECT_EQ(logits[0], logits[1]);
@@ -596,16 +598,8 @@ TEST(QuantModel, RowsThatAreNotWholeGroupsFallBackToSmallerGroups) {
   std::mt19937 rng(5);
   std::vector<int32_t> ids(7);
   for (auto& id : ids) id = int32_t(rng() % uint32_t(c.vocab));
-  std::vector<float> logits[2];
-  int k = 0;
-  for (const auto& store : {back.weights, effective_store(back.weights)}) {
-    LlamaModel model(back.config, store);
-    KVCache kv(back.config, 4);
-    SequenceKV seq;
-    ForwardOutput out;
-    model.forward({BatchEntry{&seq, ids.data(), int64_t(ids.size()), true}}, kv, out);
-    logits[k++] = out.logits;
-  }
+  const std::vector<float> logits[2] = {all_logits(back.config, back.weights, ids),
+                                        all_logits(back.config, effective_store(back.weights), ids)};
   ASSERT_EQ(logits[0].size(), ids.size() * size_t(c.vocab));
   double d = 0.0, e = 0.0;
   for (size_t i = 0; i < logits[0].size(); ++i) {

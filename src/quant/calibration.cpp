@@ -103,34 +103,111 @@ std::vector<std::vector<int32_t>> calibration_windows(const Tokenizer& tok, cons
 
 namespace {
 
+// A KV cache for `n` windows of at most `longest` tokens each.
+KVCache window_cache(const ModelConfig& cfg, int64_t n, int64_t longest) {
+  const int64_t block = 16;
+  return KVCache(cfg, n * ((longest + block - 1) / block + 1), block);
+}
+
+// Releases the sequences' blocks however the forward ends.
+struct ReleaseOnExit {
+  KVCache& kv;
+  std::vector<SequenceKV>& seqs;
+  ~ReleaseOnExit() {
+    for (auto& s : seqs) kv.release(s);
+  }
+};
+
+// Fresh sequences for windows [b, e), each scored on all but its last token.
+std::vector<BatchEntry> window_batch(const std::vector<std::vector<int32_t>>& windows, size_t b, size_t e,
+                                     std::vector<SequenceKV>& seqs, bool all_logits) {
+  seqs.assign(e - b, SequenceKV{});
+  std::vector<BatchEntry> batch;
+  for (size_t i = b; i < e; ++i)
+    batch.push_back(BatchEntry{&seqs[i - b], windows[i].data(), int64_t(windows[i].size()) - 1, all_logits});
+  return batch;
+}
+
 template <typename F>
 void run_batches(const ModelConfig& cfg, LlamaModel& model, const std::vector<std::vector<int32_t>>& windows,
                  int64_t batch_windows, bool all_logits, F&& on_output) {
   const int64_t bw = std::max<int64_t>(1, batch_windows);
   int64_t longest = 0;
   for (const auto& w : windows) longest = std::max<int64_t>(longest, int64_t(w.size()));
-  const int64_t block = 16;
-  KVCache kv(cfg, bw * ((longest + block - 1) / block + 1), block);
+  KVCache kv = window_cache(cfg, bw, longest);
   ForwardOutput out;
   for (size_t b = 0; b < windows.size(); b += size_t(bw)) {
     const size_t e = std::min(windows.size(), b + size_t(bw));
-    std::vector<SequenceKV> seqs(e - b);
-    std::vector<BatchEntry> batch;
-    for (size_t i = b; i < e; ++i)
-      batch.push_back(BatchEntry{&seqs[i - b], windows[i].data(), int64_t(windows[i].size()) - 1, all_logits});
+    std::vector<SequenceKV> seqs;
+    const std::vector<BatchEntry> batch = window_batch(windows, b, e, seqs, all_logits);
     bool stopped = false;
-    try {
-      model.forward(batch, kv, out);
-    } catch (const StopForward&) {
-      stopped = true;
-    } catch (...) {
-      for (auto& s : seqs) kv.release(s);
-      throw;
+    {
+      ReleaseOnExit release{kv, seqs};
+      try {
+        model.forward(batch, kv, out);
+      } catch (const StopForward&) {
+        stopped = true;
+      }
     }
-    for (auto& s : seqs) kv.release(s);
     if (!stopped) on_output(b, e, out);
   }
 }
+
+// Runs layers [from, to) of windows [b, e) on `stream` (LlamaModel::forward_layers). A
+// StopForward from an observer ends it early, leaving `stream` unchanged.
+void run_stream(const ModelConfig& cfg, LlamaModel& model, const std::vector<std::vector<int32_t>>& windows, size_t b,
+                size_t e, int64_t from, int64_t to, std::vector<float>& stream) {
+  int64_t longest = 0;
+  for (size_t i = b; i < e; ++i) longest = std::max<int64_t>(longest, int64_t(windows[i].size()));
+  KVCache kv = window_cache(cfg, int64_t(e - b), longest);
+  std::vector<SequenceKV> seqs;
+  const std::vector<BatchEntry> batch = window_batch(windows, b, e, seqs, false);
+  ReleaseOnExit release{kv, seqs};
+  try {
+    model.forward_layers(batch, kv, from, to, stream);
+  } catch (const StopForward&) {
+  }
+}
+
+// The observers that record opts.sites into `out`: the statistics of `model`'s inputs and,
+// with a reference model, the cross moments against the reference's inputs to the same
+// sites, paired by call order (both models make the same calls: same windows, same
+// batches, same architecture). Run the reference first on each batch, after next_batch().
+class SiteRecorder {
+ public:
+  SiteRecorder(const CollectOptions& opts, std::map<std::string, InputStats>& out, LlamaModel& model,
+               LlamaModel* reference) {
+    const bool paired = reference != nullptr;
+    if (paired)
+      reference->set_observer([this, &opts](const std::string& name, const float* x, int64_t m, int64_t k) {
+        if (opts.sites.count(name)) held_[name].emplace_back(x, x + m * k);
+        if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
+      });
+    model.set_observer([this, &opts, &out, paired](const std::string& name, const float* x, int64_t m, int64_t k) {
+      if (opts.sites.count(name)) {
+        InputStats& s = out[name];
+        s.add(x, m, k, opts.hessian);
+        if (paired) {
+          const std::vector<std::vector<float>>& chunks = held_[name];
+          const size_t i = next_[name]++;
+          if (i >= chunks.size() || chunks[i].size() != size_t(m * k))
+            fail("calibration: the reference model fed {} differently shaped inputs", name);
+          s.add_cross(chunks[i].data(), x, m, k);
+        }
+      }
+      if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
+    });
+  }
+  void next_batch() {
+    held_.clear();
+    next_.clear();
+  }
+
+ private:
+  // The reference's site inputs of the current batch, in call order.
+  std::map<std::string, std::vector<std::vector<float>>> held_;
+  std::map<std::string, size_t> next_;
+};
 
 }  // namespace
 
@@ -138,10 +215,7 @@ void collect_input_stats(const ModelConfig& cfg, std::shared_ptr<const TensorSto
                          const std::vector<std::vector<int32_t>>& windows, const CollectOptions& opts,
                          std::map<std::string, InputStats>& out) {
   LlamaModel model(cfg, std::move(weights));
-  model.set_observer([&](const std::string& name, const float* x, int64_t m, int64_t k) {
-    if (opts.sites.count(name)) out[name].add(x, m, k, opts.hessian);
-    if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
-  });
+  SiteRecorder rec(opts, out, model, nullptr);
   run_batches(cfg, model, windows, opts.batch_windows, false, [](size_t, size_t, const ForwardOutput&) {});
 }
 
@@ -149,61 +223,16 @@ void collect_paired_stats(const ModelConfig& cfg, std::shared_ptr<const TensorSt
                           std::shared_ptr<const TensorStore> weights, const std::vector<std::vector<int32_t>>& windows,
                           const CollectOptions& opts, std::map<std::string, InputStats>& out) {
   LlamaModel ref_model(cfg, std::move(reference)), model(cfg, std::move(weights));
-  // The reference's site inputs of the current batch, in call order (both models make
-  // the same calls in the same order: same windows, same batches, same architecture).
-  std::map<std::string, std::vector<std::vector<float>>> held;
-  std::map<std::string, size_t> next;
-  ref_model.set_observer([&](const std::string& name, const float* x, int64_t m, int64_t k) {
-    if (opts.sites.count(name)) held[name].emplace_back(x, x + m * k);
-    if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
-  });
-  model.set_observer([&](const std::string& name, const float* x, int64_t m, int64_t k) {
-    if (opts.sites.count(name)) {
-      InputStats& s = out[name];
-      s.add(x, m, k, opts.hessian);
-      const std::vector<std::vector<float>>& chunks = held[name];
-      const size_t i = next[name]++;
-      if (i >= chunks.size() || chunks[i].size() != size_t(m * k))
-        fail("calibration: the reference model fed {} differently shaped inputs", name);
-      s.add_cross(chunks[i].data(), x, m, k);
-    }
-    if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
-  });
+  SiteRecorder rec(opts, out, model, &ref_model);
   const size_t bw = size_t(std::max<int64_t>(1, opts.batch_windows));
   for (size_t b = 0; b < windows.size(); b += bw) {
     const std::vector<std::vector<int32_t>> part(windows.begin() + long(b),
                                                  windows.begin() + long(std::min(windows.size(), b + bw)));
-    held.clear();
-    next.clear();
+    rec.next_batch();
     run_batches(cfg, ref_model, part, opts.batch_windows, false, [](size_t, size_t, const ForwardOutput&) {});
     run_batches(cfg, model, part, opts.batch_windows, false, [](size_t, size_t, const ForwardOutput&) {});
   }
 }
-
-namespace {
-
-// Runs layers [from, to) of one batch of windows (all but each window's last token, as
-// run_batches does) on `stream`, releasing the KV blocks however it ends.
-void run_stream(const ModelConfig& cfg, LlamaModel& model, const std::vector<std::vector<int32_t>>& windows, size_t b,
-                size_t e, int64_t from, int64_t to, std::vector<float>& stream) {
-  int64_t longest = 0;
-  for (size_t i = b; i < e; ++i) longest = std::max<int64_t>(longest, int64_t(windows[i].size()));
-  const int64_t block = 16;
-  KVCache kv(cfg, int64_t(e - b) * ((longest + block - 1) / block + 1), block);
-  std::vector<SequenceKV> seqs(e - b);
-  std::vector<BatchEntry> batch;
-  for (size_t i = b; i < e; ++i)
-    batch.push_back(BatchEntry{&seqs[i - b], windows[i].data(), int64_t(windows[i].size()) - 1, false});
-  try {
-    model.forward_layers(batch, kv, from, to, stream);
-  } catch (...) {
-    for (auto& s : seqs) kv.release(s);
-    throw;
-  }
-  for (auto& s : seqs) kv.release(s);
-}
-
-}  // namespace
 
 StreamCache::StreamCache(const ModelConfig& cfg, std::shared_ptr<const TensorStore> weights,
                          const std::vector<std::vector<int32_t>>& windows, bool with_reference, int64_t batch_windows)
@@ -225,61 +254,32 @@ void StreamCache::collect(std::shared_ptr<const TensorStore> weights, std::share
   LlamaModel model(cfg_, std::move(weights));
   std::unique_ptr<LlamaModel> ref_model;
   if (reference) ref_model = std::make_unique<LlamaModel>(cfg_, std::move(reference));
-  std::map<std::string, std::vector<std::vector<float>>> held;
-  std::map<std::string, size_t> next;
-  if (ref_model)
-    ref_model->set_observer([&](const std::string& name, const float* x, int64_t m, int64_t k) {
-      if (opts.sites.count(name)) held[name].emplace_back(x, x + m * k);
-      if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
-    });
-  model.set_observer([&](const std::string& name, const float* x, int64_t m, int64_t k) {
-    if (opts.sites.count(name)) {
-      InputStats& s = out[name];
-      s.add(x, m, k, opts.hessian);
-      if (ref_model) {
-        const std::vector<std::vector<float>>& chunks = held[name];
-        const size_t i = next[name]++;
-        if (i >= chunks.size() || chunks[i].size() != size_t(m * k))
-          fail("calibration: the reference model fed {} differently shaped inputs", name);
-        s.add_cross(chunks[i].data(), x, m, k);
-      }
-    }
-    if (!opts.stop_after.empty() && name == opts.stop_after) throw StopForward{};
-  });
+  SiteRecorder rec(opts, out, model, ref_model.get());
   const size_t bw = size_t(batch_windows_);
   for (size_t i = 0; i < model_.size(); ++i) {
     const size_t b = i * bw, e = std::min(windows_.size(), b + bw);
-    held.clear();
-    next.clear();
+    rec.next_batch();
     // Copies: a stage stops inside the layer and must leave the kept streams as they are.
     if (ref_model) {
       std::vector<float> r = reference_[i];
-      try {
-        run_stream(cfg_, *ref_model, windows_, b, e, layer_, layer_ + 1, r);
-      } catch (const StopForward&) {
-      }
+      run_stream(cfg_, *ref_model, windows_, b, e, layer_, layer_ + 1, r);
     }
     std::vector<float> x = model_[i];
-    try {
-      run_stream(cfg_, model, windows_, b, e, layer_, layer_ + 1, x);
-    } catch (const StopForward&) {
-    }
+    run_stream(cfg_, model, windows_, b, e, layer_, layer_ + 1, x);
   }
 }
 
 void StreamCache::advance(std::shared_ptr<const TensorStore> weights, std::shared_ptr<const TensorStore> reference) {
   if (layer_ >= cfg_.n_layers) fail("calibration: every layer has been passed");
   if (with_reference_ && !reference) fail("calibration: the reference stream needs the reference weights");
-  LlamaModel model(cfg_, std::move(weights));
-  const size_t bw = size_t(batch_windows_);
-  for (size_t i = 0; i < model_.size(); ++i)
-    run_stream(cfg_, model, windows_, i * bw, std::min(windows_.size(), i * bw + bw), layer_, layer_ + 1, model_[i]);
-  if (with_reference_) {
-    LlamaModel ref(cfg_, std::move(reference));
-    for (size_t i = 0; i < reference_.size(); ++i)
-      run_stream(cfg_, ref, windows_, i * bw, std::min(windows_.size(), i * bw + bw), layer_, layer_ + 1,
-                 reference_[i]);
-  }
+  auto pass = [&](std::shared_ptr<const TensorStore> w, std::vector<std::vector<float>>& streams) {
+    LlamaModel model(cfg_, std::move(w));
+    const size_t bw = size_t(batch_windows_);
+    for (size_t i = 0; i < streams.size(); ++i)
+      run_stream(cfg_, model, windows_, i * bw, std::min(windows_.size(), i * bw + bw), layer_, layer_ + 1, streams[i]);
+  };
+  pass(std::move(weights), model_);
+  if (with_reference_) pass(std::move(reference), reference_);
   ++layer_;
 }
 
