@@ -40,7 +40,9 @@ int run_bench(const BenchArgs& a) {
   o.threads = a.model.threads;
   o.device = a.model.device;
   o.kv_dtype = parse_kv_dtype(a.model.kv_dtype);
-  o.max_context = std::max<int64_t>(a.p, a.n + 1) + 16;
+  // The cache holds the test's tokens, or -c positions when given (a deployment sizes it
+  // for the model's context, and decode should not pay for the unused part).
+  o.max_context = std::max<int64_t>(std::max<int64_t>(a.p, a.n + 1) + 16, a.model.ctx);
   o.max_sequences = a.parallel;
   std::string name;
   if (!a.shape.empty() && a.bits > 0) {

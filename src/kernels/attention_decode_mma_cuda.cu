@@ -49,10 +49,9 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const Atte
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int64_t bs = a.kv.block_size;
   const int G = int(a.n_heads / a.kv.n_kv_heads);
-  const int64_t n_ctx = int64_t(a.tok_pos[t]) + 1;
-  const int64_t start = a.window > 0 ? max(int64_t(0), n_ctx - a.window) : 0;
-  const int64_t chunk = max(int64_t(16), ((n_ctx - start + a.n_splits - 1) / a.n_splits + 15) / 16 * 16);
-  const int64_t lo = min(n_ctx, start + int64_t(sp) * chunk), hi = min(n_ctx, lo + chunk);
+  const DecodeSplit range = decode_split(a, t, sp);
+  if (range.lo >= range.hi) return;  // past the context: the merge does not read this split
+  const int64_t n_ctx = int64_t(a.tok_pos[t]) + 1, lo = range.lo, hi = range.hi;
   const int32_t* btab = a.block_tables + int64_t(a.tok_seq[t]) * a.max_blocks;
   const int64_t first = lo & ~int64_t(kTile - 1);
   const int64_t n_tiles = lo < hi ? (hi - first + kTile - 1) / kTile : 0;
@@ -177,7 +176,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const Atte
         L += s_l[w * kAttnMaxGroup + gg] * f;
         A += s_o[(w * kAttnMaxGroup + gg) * HD + d] * f;
       }
-    if (a.n_splits == 1) {
+    if (range.n_active == 1) {
       a.out[t * a.ldo + h * HD + d] = A / L;
     } else {
       // The combine kernel works in natural-log units.
