@@ -95,7 +95,7 @@ void bench_w4_gemm(std::mt19937_64& rng) {
 
 }  // namespace
 
-// `anybit_cuda_bench attention|a8|sampling|qgemv|w4gemm` runs only that section.
+// `anybit_cuda_bench attention|a8|sampling|gemv|qgemv|w4gemm` runs only that section.
 int main(int argc, char** argv) {
   if (device_count() == 0) {
     std::printf("no CUDA device\n");
@@ -141,6 +141,7 @@ int main(int argc, char** argv) {
   const Shape shapes[] = {
       {"1B qkv (norm)", 3072, 2048, InputOp::RmsNorm}, {"1B o", 2048, 2048, InputOp::None},
       {"1B gate_up (norm)", 16384, 2048, InputOp::RmsNorm}, {"1B down (silu)", 2048, 8192, InputOp::SiluMul},
+      {"1B down (plain x, as in the model)", 2048, 8192, InputOp::None},
       {"1B lm_head", 8192, 2048, InputOp::RmsNorm}, {"8B qkv", 6144, 4096, InputOp::RmsNorm},
       {"8B gate_up", 28672, 4096, InputOp::RmsNorm}, {"8B down", 4096, 14336, InputOp::SiluMul},
   };
@@ -180,6 +181,8 @@ int main(int argc, char** argv) {
         for (void* p : ws) cudaFree(p);
       }
   }
+
+  if (only == "gemv") return 0;
 
   // QBITS W{4,2,8}A16 GEMV at the Llama-3-8B decode shapes (group 128, symmetric), the ops
   // the model runs (down takes the SwiGLU output of the gate_up epilogue); timed inside a

@@ -160,7 +160,13 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
         acc[i] += s;
       }
   };
-  if (n < p.N) {
+  // Plain x (read from L1/L2 as it goes): a ring of U slots, each slot's next load issued
+  // before its current vector is used, so U loads stay in flight through the whole row.
+  // Staged x, and rows whose share is all loaded in the prologue: rounds of U loads, then
+  // U uses. Measured on an H100 (PERFORMANCE.md, thirteenth session): the ring made the
+  // plain 1B down GEMV 8-10% faster (bf16 and f16), the staged f16 GEMVs with RMSNorm
+  // 7-20% slower, and the 1B o GEMV (one round) 5% slower.
+  if (n < p.N && (OP != InputOp::None || p.K <= step * U)) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t c = c_first + u * step;
@@ -176,6 +182,19 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
       for (int u = 0; u < U; ++u) {
         const int64_t c = c0 + u * step;
         if (c < p.K) consume(raw[u], c);
+      }
+    }
+  } else if (n < p.N) {
+    for (int64_t c0 = c_first; c0 < p.K; c0 += step * U) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t c = c0 + u * step;
+        if (c < p.K) {
+          const uint4 cur = raw[u];
+          const int64_t cn = c + step * U;
+          if (cn < p.K) raw[u] = load_stream(wrow + cn * E::kBytes);
+          consume(cur, c);
+        }
       }
     }
   }
