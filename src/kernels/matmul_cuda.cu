@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvParams p) {
   // before its current vector is used, so U loads stay in flight through the whole row.
   // Staged x, and rows whose share is all loaded in the prologue: rounds of U loads, then
   // U uses. Measured on an H100 (PERFORMANCE.md, thirteenth session): the ring made the
-  // plain 1B down GEMV 8-10% faster (bf16 and f16), the staged f16 GEMVs with RMSNorm
+  // plain 1B down GEMV 7% (bf16) and 11% (f16) faster, the staged f16 GEMVs with RMSNorm
   // 7-20% slower, and the 1B o GEMV (one round) 5% slower.
   if (n < p.N && (OP != InputOp::None || p.K <= step * U)) {
 #pragma unroll
