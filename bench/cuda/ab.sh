@@ -19,7 +19,11 @@ ROOT=$PWD
 OUT=${OUT:-/tmp/ab-out}
 BIN=/tmp/ab
 OLD=$ROOT/.carry-gpu/ab-old
+C=$ROOT/.carry-gpu/usr  # the build dependencies (scripts/gpu-carry.sh)
+export LD_LIBRARY_PATH=$C/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 mkdir -p "$OUT"
+# The environment of one side's runs: AB_ENV_NEW or AB_ENV_OLD.
+side_env() { if [[ $1 == old ]]; then echo "${AB_ENV_OLD:-}"; else echo "${AB_ENV_NEW:-}"; fi; }
 
 case "${1:-}" in
 prepare)
@@ -36,10 +40,8 @@ prepare)
 build)
   [[ -f $OLD/.rev ]] || { echo "run 'bench/cuda/ab.sh prepare REV FILE...' first" >&2; exit 2; }
   export PATH=/usr/local/cuda/bin:$PATH
-  C=$ROOT/.carry-gpu/usr
   # The carried pack replaces .carry-gpu each call: unpack it again.
   if [[ -f $ROOT/.carry-gpu/pack/usr.tar.xz ]]; then rm -rf "$C" && tar -xJf "$ROOT/.carry-gpu/pack/usr.tar.xz" -C "$ROOT/.carry-gpu"; fi
-  export LD_LIBRARY_PATH=$C/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
   export PKG_CONFIG_PATH=$C/lib/x86_64-linux-gnu/pkgconfig
   source "$ROOT/scripts/gpu-shared.sh"
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
@@ -66,15 +68,11 @@ build)
   ;;
 tg)
   IFS=';' read -ra cfgs <<<"${2:?ARGS;ARGS}"
-  C=$ROOT/.carry-gpu/usr
-  export LD_LIBRARY_PATH=$C/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
   for round in $(seq 1 "${3:-2}"); do
     for cfg in "${cfgs[@]}"; do
       for side in new old; do
-        envs=${AB_ENV_NEW:-}
-        [[ $side == old ]] && envs=${AB_ENV_OLD:-}
-        # shellcheck disable=SC2086
-        line=$(env $envs timeout 180 "$BIN/anybit-$side" bench --device cuda -p 0 -n 128 -r 3 $cfg 2>&1 |
+        # shellcheck disable=SC2046
+        line=$(env $(side_env $side) timeout 180 "$BIN/anybit-$side" bench --device cuda -p 0 -n 128 -r 3 $cfg 2>&1 |
           grep -E "^\| .*tg128" | tail -1 | sed 's/| llama-[^|]* (random)[^|]*|.*kv [a-z0-9]*) / | /')
         echo "r$round | $side | $cfg | ${line:-(no result)}" | tee -a "$OUT/tg.txt"
       done
@@ -82,14 +80,10 @@ tg)
   done
   ;;
 kernels)
-  C=$ROOT/.carry-gpu/usr
-  export LD_LIBRARY_PATH=$C/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
   for side in new old; do
-    envs=${AB_ENV_NEW:-}
-    [[ $side == old ]] && envs=${AB_ENV_OLD:-}
     echo "## $side: anybit_cuda_bench ${2:-}"
-    # shellcheck disable=SC2086
-    env $envs "$BIN/bench-$side" ${2:-} 2>&1
+    # shellcheck disable=SC2046,SC2086
+    env $(side_env $side) "$BIN/bench-$side" ${2:-} 2>&1
   done | tee -a "$OUT/kernels.txt"
   ;;
 *)
