@@ -11,6 +11,9 @@
 //           transposed in registers by movmatrix).
 // How a tile is staged and turned into fragments depends on the cache dtype: the tile
 // policies of attention_mma_tiles.cuh.
+// With the fused RoPE (f16/bf16 caches) a block requests its first tiles before waiting on the
+// q|k|v GEMV; the new position's row, which that kernel produces, is written into its staged
+// tile here rather than read back from the cache.
 // Softmax runs in base 2 with a lazily moved maximum (FlashDecoding++'s unified-max idea):
 // a row's reference maximum only moves, rescaling O and the sum, when a tile's maximum
 // exceeds it by more than 2^8; otherwise the probabilities are exp2(s - m) <= 2^8, which
@@ -42,13 +45,13 @@ constexpr size_t smem_bytes() {
 template <class Tiles, int HD>
 __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const AttentionArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
-  pdl_wait();
-  pdl_trigger();
   const int sp = blockIdx.x;
   const int64_t kvh = blockIdx.y, t = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int64_t bs = a.kv.block_size;
   const int G = int(a.n_heads / a.kv.n_kv_heads);
+  // Positions, block tables and the cache rows of earlier steps were all written before this
+  // step's first kernel: they may be read before the wait on the q|k|v GEMV.
   const DecodeSplit range = decode_split(a, t, sp);
   if (range.lo >= range.hi) return;  // past the context: the merge does not read this split
   const int64_t n_ctx = int64_t(a.tok_pos[t]) + 1, lo = range.lo, hi = range.hi;
@@ -58,34 +61,6 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const Atte
   const int64_t my_tiles = n_tiles > warp ? (n_tiles - warp + kWarps - 1) / kWarps : 0;
   const unsigned char* kv = static_cast<const unsigned char*>(a.kv.base);
   const int64_t row_bytes = a.kv.row_bytes();
-
-  const float* qg = a.q + t * a.ldq + kvh * G * HD;  // the group's q rows
-  __shared__ float s_q[kAttnMaxGroup * HD], s_kv[2][HD];
-  if (a.rope_inv_freq) {  // fused RoPE: rotate the group's q; the block holding the new position writes its k, v
-    const float pos = float(n_ctx - 1);
-    constexpr int half = HD / 2;
-    for (int e = threadIdx.x; e < G * half; e += blockDim.x) {
-      const int gg = e / half, i = e % half;
-      rope_pair(&s_q[gg * HD + i], &s_q[gg * HD + i + half], qg[gg * HD + i], qg[gg * HD + i + half], pos,
-                a.rope_inv_freq[i]);
-    }
-    if (n_ctx - 1 >= lo && n_ctx - 1 < hi) {  // block-uniform
-      const float* krow = a.q + t * a.ldq + a.n_heads * HD + kvh * HD;
-      const float* vrow = krow + a.kv.n_kv_heads * HD;
-      for (int i = threadIdx.x; i < half; i += blockDim.x)
-        rope_pair(&s_kv[0][i], &s_kv[0][i + half], krow[i], krow[i + half], pos, a.rope_inv_freq[i]);
-      for (int i = threadIdx.x; i < HD; i += blockDim.x) s_kv[1][i] = vrow[i];
-      __syncthreads();
-      const int64_t slot = a.slot[t];
-      if (warp < 2) store_kv_row<Tiles::kDType>(a.kv, a.kv.head_offset(slot / bs, a.layer, warp, kvh), slot % bs, s_kv[warp], lane);
-      __threadfence();  // the new rows are in memory before this block's tile copies read them
-    }
-    __syncthreads();
-    qg = s_q;
-  }
-  Tiles tiles;
-  tiles.init(qg + (g < G ? g : 0) * HD, g < G, tq);
-
   unsigned char* const ring = smem + size_t(warp) * Tiles::kStages * Tiles::kStageBytes;
   auto issue = [&](int64_t li, int stage) {
     const int64_t kt = first + (warp + li * kWarps) * kTile, blk = btab[kt / bs], slot = kt % bs;
@@ -95,14 +70,87 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_mma_kernel(const Atte
     Tiles::issue(ring + stage * Tiles::kStageBytes, kh + slot * row_bytes, vh + slot * row_bytes, kh + scales,
                  vh + scales, int(min(int64_t(kTile), hi - kt)), lane);
   };
+  auto prologue = [&] {
+#pragma unroll
+    for (int st = 0; st < Tiles::kStages - 1; ++st) {
+      if (st < my_tiles) issue(st, st);
+      cp_async_commit();
+    }
+  };
+
+  // With the fused RoPE the new position's K and V come from this kernel, so the first tiles
+  // are requested while the q|k|v GEMV still runs (at short contexts, every tile): the tile
+  // that holds the new position is patched in shared memory once its row is known.
+  constexpr int half = HD / 2;
+  __shared__ float s_q[kAttnMaxGroup * HD], s_kv[2][HD], s_cs[2][half];
+  const bool early = Tiles::kPatchable && a.rope_inv_freq != nullptr;
+  if (early) prologue();
+  if (a.rope_inv_freq) {  // the angles need only the position: their cos/sin before the wait too
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      double sn, cs;
+      sincos(double(float(n_ctx - 1) * a.rope_inv_freq[i]), &sn, &cs);
+      s_cs[0][i] = float(cs), s_cs[1][i] = float(sn);
+    }
+    __syncthreads();
+  }
+  pdl_wait();
+  pdl_trigger();
+
+  const float* qg = a.q + t * a.ldq + kvh * G * HD;  // the group's q rows
+  if (a.rope_inv_freq) {  // fused RoPE: rotate the group's q; the block holding the new position writes its k, v
+    const bool has_new = n_ctx - 1 >= lo && n_ctx - 1 < hi;  // block-uniform
+    // Every load first (q pairs, and the new k pair and v element), then the arithmetic.
+    constexpr int QPT = (kAttnMaxGroup * half + kWarps * 32 - 1) / (kWarps * 32);
+    float q0[QPT], q1[QPT];
+#pragma unroll
+    for (int j = 0; j < QPT; ++j) {
+      const int e = threadIdx.x + j * kWarps * 32, gg = e / half, i = e % half;
+      q0[j] = e < G * half ? qg[gg * HD + i] : 0.0f;
+      q1[j] = e < G * half ? qg[gg * HD + i + half] : 0.0f;
+    }
+    const float* krow = a.q + t * a.ldq + a.n_heads * HD + kvh * HD;
+    const float* vrow = krow + a.kv.n_kv_heads * HD;
+    float k0 = 0.0f, k1 = 0.0f, v = 0.0f;
+    if (has_new) {  // kWarps * 32 >= HD: one k pair and one v element per thread at most
+      if (threadIdx.x < half) k0 = krow[threadIdx.x], k1 = krow[threadIdx.x + half];
+      if (threadIdx.x < HD) v = vrow[threadIdx.x];
+    }
+#pragma unroll
+    for (int j = 0; j < QPT; ++j) {
+      const int e = threadIdx.x + j * kWarps * 32, gg = e / half, i = e % half;
+      if (e < G * half) rope_rotate(&s_q[gg * HD + i], &s_q[gg * HD + i + half], q0[j], q1[j], s_cs[0][i], s_cs[1][i]);
+    }
+    if (has_new) {
+      if (threadIdx.x < half)
+        rope_rotate(&s_kv[0][threadIdx.x], &s_kv[0][threadIdx.x + half], k0, k1, s_cs[0][threadIdx.x],
+                    s_cs[1][threadIdx.x]);
+      if (threadIdx.x < HD) s_kv[1][threadIdx.x] = v;
+      __syncthreads();
+      const int64_t slot = a.slot[t];
+      if (warp < 2) store_kv_row<Tiles::kDType>(a.kv, a.kv.head_offset(slot / bs, a.layer, warp, kvh), slot % bs, s_kv[warp], lane);
+      const int64_t tile = (n_ctx - 1 - first) / kTile;  // the new position's tile, owned by warp tile % kWarps
+      bool patched = false;
+      if constexpr (Tiles::kPatchable) {
+        patched = early && tile / kWarps < Tiles::kStages - 1;
+        if (patched && tile % kWarps == warp) {  // staged before the row existed: write it into the stage
+          cp_async_wait<0>();
+          __syncwarp();
+          Tiles::patch_row(ring + (tile / kWarps) * Tiles::kStageBytes, int(n_ctx - 1 - (first + tile * kTile)),
+                           s_kv[0], s_kv[1], lane);
+          __syncwarp();
+        }
+      }
+      if (!patched) __threadfence();  // the new rows are in memory before this block's tile copies read them
+    }
+    __syncthreads();
+    qg = s_q;
+  }
+  Tiles tiles;
+  tiles.init(qg + (g < G ? g : 0) * HD, g < G, tq);
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // heads 2tq, 2tq + 1
   const float scale2 = a.scale * 1.4426950408889634f;
-#pragma unroll
-  for (int st = 0; st < Tiles::kStages - 1; ++st) {
-    if (st < my_tiles) issue(st, st);
-    cp_async_commit();
-  }
+  if (!early) prologue();
   for (int64_t li = 0; li < my_tiles; ++li) {
     if (li + Tiles::kStages - 1 < my_tiles) issue(li + Tiles::kStages - 1, int((li + Tiles::kStages - 1) % Tiles::kStages));
     cp_async_commit();

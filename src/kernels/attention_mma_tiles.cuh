@@ -91,6 +91,7 @@ struct HalfTiles {
   static constexpr int RS = (HD + 8) * 2;     // staged row stride, bytes
   static constexpr int kStageBytes = 2 * kTile * RS;
   static constexpr int kStages = 2;  // cp.async ring depth per warp: one tile loads while one is used
+  static constexpr bool kPatchable = true;  // a staged row can be overwritten by patch_row
   uint32_t qb[KS][2];
   float o[KS][4];  // o[j]: dims 16j + g (regs 0, 1), 16j + g + 8 (regs 2, 3); heads 2tq, 2tq + 1
 
@@ -130,6 +131,13 @@ struct HalfTiles {
     }
   }
   __device__ static float key_scale(const unsigned char*, int) { return 1.0f; }
+  // Row `row` of the staged tile `st` from fp32 K and V rows, rounded as the cache stores them.
+  __device__ static void patch_row(unsigned char* st, int row, const float* k, const float* v, int lane) {
+    for (int d = lane; d < HD; d += 32) {
+      Elt<D>::store(st + row * RS, d, k[d]);
+      Elt<D>::store(st + (kTile + row) * RS, d, v[d]);
+    }
+  }
   // O^T += V^T . P^T, p as in scores().
   __device__ void accumulate(const unsigned char* st, int lane, const float (&p)[4]) {
     const uint32_t pb0 = movmatrix_trans(Ops::pack(p[0], p[1])), pb1 = movmatrix_trans(Ops::pack(p[2], p[3]));
@@ -174,6 +182,7 @@ struct Int8Tiles {
   static constexpr int kScales = kTile * (RSK + RSV);
   static constexpr int kStageBytes = kScales + 2 * kTile * 4;
   static constexpr int kStages = 3;  // stages are small: two tiles load while one is used
+  static constexpr bool kPatchable = false;  // a row's codes and scale: tiles are staged after the write
   uint32_t qb[KS][2];
   float o[KS][4];  // o[j]: dims KS g + j (regs 0, 1), KS (g + 8) + j (regs 2, 3)
   float R = 0.0f;

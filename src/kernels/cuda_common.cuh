@@ -155,15 +155,21 @@ __device__ void store_kv_row(const KVLayout& c, int64_t head_off, int64_t slot, 
   }
 }
 
-// RoPE of one (i, i + half) pair: the angle is the fp32 product pos * inv_freq, as on the
-// CPU, and its cos/sin are taken in double so both backends agree to the last bit there.
+// RoPE of one (i, i + half) pair with the angle's cos and sin already taken. The products and
+// sums are spelled out (no contraction left to the compiler), so every kernel that rotates a
+// pair gets the same bits: the fused decode kernel must write the cache rope_kv_write writes.
+__device__ __forceinline__ void rope_rotate(float* o0, float* o1, float x0, float x1, float cs, float sn) {
+  *o0 = __fmaf_rn(x0, cs, -__fmul_rn(x1, sn));
+  *o1 = __fmaf_rn(x1, cs, __fmul_rn(x0, sn));
+}
+
+// RoPE of one pair: the angle is the fp32 product pos * inv_freq, as on the CPU, and its
+// cos/sin are taken in double so both backends agree to the last bit there.
 __device__ __forceinline__ void rope_pair(float* o0, float* o1, float x0, float x1, float pos, float inv_freq) {
   double sn, cs;
   sincos(double(pos * inv_freq), &sn, &cs);
-  *o0 = x0 * float(cs) - x1 * float(sn);
-  *o1 = x1 * float(cs) + x0 * float(sn);
+  rope_rotate(o0, o1, x0, x1, float(cs), float(sn));
 }
-
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
