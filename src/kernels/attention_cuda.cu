@@ -131,25 +131,51 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) attn_decode_kernel(const At
   }
 }
 
-// One block per (row, head) over the row's n_active splits (decode_split): the split
-// weights exp(M_s - M) are computed once into shared memory (n_splits + 4 floats of dynamic
-// shared memory), then thread d sums its column over the splits with 8 independent loads
-// in flight: no serial chain of global loads per thread. A row with one active split was
-// written by the decode kernel, and its blocks return at once.
+// One block per (row, head) over the row's n_active splits (decode_split). Up to 8 splits,
+// thread d merges column d alone from one round of loads. More splits: the split weights
+// exp(M_s - M) are computed once into shared memory (n_splits + 4 floats of dynamic shared
+// memory), then thread d sums its column over the splits with 8 independent loads in flight.
+// A row with one active split was written by the decode kernel, and its blocks return at once.
 __global__ void __launch_bounds__(128) attn_combine_kernel(const AttentionArgs a) {
   extern __shared__ float s_w[];
   __shared__ float s_red[4];
-  pdl_wait();
-  pdl_trigger();
   const int64_t t = blockIdx.x / a.n_heads, h = blockIdx.x % a.n_heads, hd = a.kv.head_dim, stride = hd + 2;
   const float* P = a.partial + int64_t(blockIdx.x) * a.n_splits * stride;
-  // Each thread's first split's (max, sum) is requested together with the row's length, so
-  // finding the active splits adds no round trip (measured: it cost 1% of the 1B W4 step
-  // when it came first); values of splits past the active ones (stale) are never used.
+  const int64_t n = decode_split(a, t, 0).n_active;  // positions are metadata: read before the wait
+  pdl_wait();
+  pdl_trigger();
+  if (n <= 1) return;  // block-uniform
+  // Up to kFew splits (a context of up to 128 positions at the shortest split), each thread
+  // reads every split's (max, sum) and its own column's partials in one round trip and merges
+  // them itself: no shared memory, no barrier between two dependent reads.
+  constexpr int kFew = 8;
+  if (n <= kFew) {
+    const int64_t d = threadIdx.x;
+    if (d >= hd) return;
+    float mv[kFew], lv[kFew], pv[kFew];
+#pragma unroll
+    for (int sp = 0; sp < kFew; ++sp) {
+      mv[sp] = -INFINITY, lv[sp] = pv[sp] = 0.0f;
+      if (sp < n) mv[sp] = P[sp * stride], lv[sp] = P[sp * stride + 1], pv[sp] = P[sp * stride + 2 + d];
+    }
+    float M = -INFINITY;
+#pragma unroll
+    for (int sp = 0; sp < kFew; ++sp)
+      if (sp < n) M = fmaxf(M, mv[sp]);
+    float L = 0.0f, A = 0.0f;
+#pragma unroll
+    for (int sp = 0; sp < kFew; ++sp)
+      if (sp < n && mv[sp] != -INFINITY) {
+        const float w = expf(mv[sp] - M);
+        L = fmaf(w, lv[sp], L), A = fmaf(w, pv[sp], A);
+      }
+    a.out[t * a.ldo + h * hd + d] = A / L;
+    return;
+  }
+  // More splits: each thread's first split's (max, sum) is requested at once; values of splits
+  // past the active ones (stale) are never used.
   float m0 = -INFINITY, l0 = 0.0f;
   if (threadIdx.x < a.n_splits) m0 = P[threadIdx.x * stride], l0 = P[threadIdx.x * stride + 1];
-  const int64_t n = decode_split(a, t, 0).n_active;
-  if (n <= 1) return;  // block-uniform
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float mx = -INFINITY;
   for (int64_t sp = threadIdx.x; sp < n; sp += blockDim.x) mx = fmaxf(mx, sp == threadIdx.x ? m0 : P[sp * stride]);
