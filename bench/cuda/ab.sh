@@ -20,6 +20,10 @@ OUT=${OUT:-/tmp/ab-out}
 BIN=/tmp/ab
 OLD=$ROOT/.carry-gpu/ab-old
 C=$ROOT/.carry-gpu/usr  # the build dependencies (scripts/gpu-carry.sh)
+# Each call carries .carry-gpu afresh, without the unpacked libraries: unpack them for tg/kernels too.
+if [[ ${1:-} != prepare && ! -d $C/lib && -f $ROOT/.carry-gpu/pack/usr.tar.xz ]]; then
+  tar -xJf "$ROOT/.carry-gpu/pack/usr.tar.xz" -C "$ROOT/.carry-gpu"
+fi
 export LD_LIBRARY_PATH=$C/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 mkdir -p "$OUT"
 # The environment of one side's runs: AB_ENV_NEW or AB_ENV_OLD.
