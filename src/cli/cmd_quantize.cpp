@@ -127,6 +127,19 @@ void register_quantize(CLI::App& app) {
                   "With --cd-passes: in every round, a clipping search per group under the calibration Hessian, "
                   "N candidate grids around the group's optimum given the other groups (default 0 = off)")
       ->check(CLI::Range(0, 100));
+  sub->add_option("--finetune", o.finetune.epochs,
+                  "Epochs of end-to-end tuning of every group scale, zero and norm weight against the unquantized "
+                  "model's next-token distributions on the calibration text, after the layer-wise quantizer (codes "
+                  "unchanged; the epoch with the lowest held-out calibration KL is kept; default 0 = off)")
+      ->check(CLI::Range(0, 100));
+  sub->add_option("--finetune-lr", o.finetune.lr, "--finetune: peak step of the log-scales and norms (default 2e-3)")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--finetune-zero-lr", o.finetune.zero_lr,
+                  "--finetune: peak step of the zero points, in code units (default 1e-2)")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--finetune-batch", o.finetune.batch_windows, "--finetune: calibration windows per step (default 4)")
+      ->check(CLI::Range(int64_t(1), int64_t(64)));
+  sub->add_option("--finetune-norms", o.finetune.train_norms, "--finetune: also tune the RMSNorm weights (1/0, default 1)");
   sub->add_option("--awq-grid", o.awq_grid, "AWQ: alpha grid points")->check(CLI::Range(1, 100));
   add_command(sub, [a] { return run_quantize(*a); });
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 #include <set>
+#include <cstring>
 
 #include "core/error.h"
 #include "core/progress.h"
@@ -197,6 +198,7 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
     fail("--site-sequential needs sequential calibration (--calib, without --no-sequential)");
   if (o.reference_target && !(calib && o.sequential))
     fail("--reference-target needs sequential calibration (--calib, without --no-sequential)");
+  if (o.finetune.epochs > 0 && !calib) fail("--finetune needs calibration text (--calib)");
   if (o.target_bpw > 0.0 && !calib) fail("--target-bpw needs calibration text (--calib) to measure sensitivity");
   if (o.lm_head_bits != 0 && (o.lm_head_bits < 2 || o.lm_head_bits > 8))
     fail("--lm-head-bits must be 0 (keep) or 2..8 (got {})", o.lm_head_bits);
@@ -423,7 +425,32 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
     }
   }
 
+  // End-to-end tuning of the scales, zeros and norms, with lm_head and the embedding as
+  // the file will hold them.
+  std::map<std::string, std::vector<float>> tuned_norms;
+  if (o.finetune.epochs > 0) {
+    FinetuneFixed fixed;
+    if (head) fixed.lm_head = effective_weight(*head);
+    if (embed) fixed.embed = effective_weight(*embed);
+    FinetuneOptions fo = o.finetune;
+    fo.progress = o.progress;
+    fo.meta_dtype = o.scale_dtype;
+    res.finetune = finetune_quantized(cfg, src, done, fixed, windows, fo);
+    tuned_norms = res.finetune.norms;
+  }
+
   for (const auto& [name, t] : src.all()) {
+    auto nt = tuned_norms.find(name);
+    if (nt != tuned_norms.end()) {
+      TensorView v = t;
+      v.dtype = DType::F32;
+      v.nbytes = nt->second.size() * 4;
+      std::vector<uint8_t> bytes(v.nbytes);
+      std::memcpy(bytes.data(), nt->second.data(), v.nbytes);
+      v.data = out->own(std::move(bytes));
+      out->add(std::move(v));
+      continue;
+    }
     auto it = done.find(name);
     if (it != done.end()) {
       add_quantized(*out, name, it->second);
@@ -473,6 +500,14 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
                         {"sequential", o.sequential},
                         {"reference_target", o.reference_target},
                         {"site_sequential", o.site_sequential}};
+  }
+  if (o.finetune.epochs > 0) {
+    const FinetuneResult& f = res.finetune;
+    s["finetune"] = {{"epochs", o.finetune.epochs},       {"steps", f.steps},
+                     {"batch_windows", o.finetune.batch_windows}, {"lr", o.finetune.lr},
+                     {"zero_lr", o.finetune.zero_lr},     {"norms", o.finetune.train_norms},
+                     {"heldout_kl_start", f.kl_start},    {"heldout_kl", f.kl_best},
+                     {"best_epoch", f.best_epoch}};
   }
   s["matrices"] = per;
   return res;

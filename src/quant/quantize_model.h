@@ -15,6 +15,7 @@
 
 #include "formats/model_loader.h"
 #include "quant/calibration.h"
+#include "quant/finetune.h"
 #include "quant/gptq.h"
 #include "quant/group_quant.h"
 
@@ -51,6 +52,9 @@ struct QuantizeOptions {
   bool progress = true;
   int awq_grid = 10;
   GptqOptions gptq;
+  // After the layer-wise quantizers: end-to-end tuning of every group scale/zero and norm
+  // against the unquantized model on the calibration windows (finetune.h; epochs 0 = off).
+  FinetuneOptions finetune;
   // Statistics of the unquantized model from an earlier run (same calibration text):
   // used instead of collecting them again where the pipeline needs unquantized stats.
   std::shared_ptr<const std::map<std::string, InputStats>> fp_stats;
@@ -71,6 +75,7 @@ struct QuantizeResult {
   double linear_bpw = 0.0;               // average over the layers' linear matrices
   nlohmann::json summary;                // quantization_config.json content
   std::shared_ptr<const std::map<std::string, InputStats>> fp_stats;  // when collected
+  FinetuneResult finetune;               // when --finetune ran
 };
 
 // The method "auto" stands for: gptq with calibration text, rtn-clip without.
