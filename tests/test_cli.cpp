@@ -124,6 +124,58 @@ TEST(Cli, QuantizeWritesALoadableFolderWithTheDefaultGroupMode) {
   }
 }
 
+// `anybit finetune` on a 2-bit folder, and `quantize --finetune`: the held-out calibration
+// KL does not rise (the start is kept otherwise), the codes stay as they were, the tuned
+// folder loads and generates; bad combinations fail with one line.
+TEST(Cli, FinetuneTunesAQuantizedFolderWithoutTouchingItsCodes) {
+  test::TempDir tmp;
+  const std::string calib = std::string(ANYBIT_SHARED_DIR) + "/data/calib.txt";
+  const std::string q = tmp.file("w2"), ft = tmp.file("w2ft"), qft = tmp.file("w2qft");
+  auto r = test::run_cli("quantize -o " + q + " --quantizer rtn-clip --bits 2 --group 64");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string small = " --calib " + calib + " --calib-ctx 64 --calib-tokens 2048";
+  r = test::run_cli("finetune -q " + q + " -o " + ft + small + " --epochs 2 --lr 1e-2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json cfg = json::parse(read_text_file(ft + "/quantization_config.json"));
+  ASSERT_TRUE(cfg.contains("finetune")) << cfg.dump();
+  const json& f = cfg["finetune"];
+  EXPECT_LE(f["heldout_kl"].get<double>(), f["heldout_kl_start"].get<double>());
+  EXPECT_GT(f["heldout_kl_start"].get<double>(), 0.0);
+  EXPECT_EQ(f["steps"].get<int>(), 2 * 8);  // 32 windows, 2 held out, 4 per step
+  auto header = [](const std::string& dir) {
+    const std::string st = read_text_file(dir + "/model.safetensors");
+    const uint64_t hlen = *reinterpret_cast<const uint64_t*>(st.data());
+    return std::make_pair(json::parse(st.substr(8, size_t(hlen))), st);
+  };
+  const auto [h0, st0] = header(q);
+  const auto [h1, st1] = header(ft);
+  const std::string codes = "model.layers.3.mlp.down_proj.weight.qcodes";
+  auto slice = [](const json& h, const std::string& st, const std::string& name) {
+    const uint64_t hlen = *reinterpret_cast<const uint64_t*>(st.data());
+    const size_t b = 8 + size_t(hlen) + h[name]["data_offsets"][0].get<size_t>();
+    const size_t e = 8 + size_t(hlen) + h[name]["data_offsets"][1].get<size_t>();
+    return st.substr(b, e - b);
+  };
+  EXPECT_EQ(slice(h0, st0, codes), slice(h1, st1, codes));
+  if (f["best_epoch"].get<int>() > 0)
+    EXPECT_NE(slice(h0, st0, "model.layers.3.mlp.down_proj.weight.qscales"),
+              slice(h1, st1, "model.layers.3.mlp.down_proj.weight.qscales"));
+  auto run = test::run_cli("run -m " + ft + " -p 'The kernel' -n 8");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_FALSE(run.out.empty());
+
+  r = test::run_cli("quantize -o " + qft + " --quantizer rtn-clip --bits 2 --group 64 --finetune 1" + small);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(json::parse(read_text_file(qft + "/quantization_config.json")).contains("finetune"));
+
+  auto bad = test::run_cli("quantize -o " + tmp.file("x") + " --bits 2 --finetune 1");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--finetune needs calibration text"), std::string::npos) << bad.err;
+  bad = test::run_cli("finetune -q " + kModel + " -o " + tmp.file("y") + " --calib " + calib);
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("must be an anybit quantized folder"), std::string::npos) << bad.err;
+}
+
 TEST(Cli, BadInputGivesOneLineErrorAndNonZeroExit) {
   test::TempDir tmp;
   // A model folder whose weights file is cut in half.

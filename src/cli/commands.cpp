@@ -21,6 +21,7 @@ void register_commands(CLI::App& app) {
   register_bench(app);
   register_convert(app);
   register_quantize(app);
+  register_finetune(app);
 }
 
 int run_selected(CLI::App& app) {

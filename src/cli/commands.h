@@ -20,6 +20,7 @@ void register_perplexity(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_convert(CLI::App& app);
 void register_quantize(CLI::App& app);
+void register_finetune(CLI::App& app);
 
 // Resolves -m (empty = the embedded default model).
 std::string model_path_or_default(const std::string& m);

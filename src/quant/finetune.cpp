@@ -185,6 +185,13 @@ FinetuneResult finetune_quantized(const ModelConfig& cfg, const TensorStore& tea
     if (!p) fail("fine-tuning: {}: missing tensor {}", teacher.origin(), name);
     return p;
   };
+  auto student_norm = [&](const std::string& name) {
+    auto it = fixed.norms.find(name);
+    const std::vector<float>& t = tw.at(name);
+    if (it == fixed.norms.end()) return t;
+    if (it->second.size() != t.size()) fail("fine-tuning: the student's {} has {} values, expected {}", name, it->second.size(), t.size());
+    return it->second;
+  };
   GradModel tm, sm;
   tm.embed = need("model.embed_tokens.weight");
   const float* head = take("lm_head.weight");
@@ -214,12 +221,13 @@ FinetuneResult finetune_quantized(const ModelConfig& cfg, const TensorStore& tea
     }
     tm.layers[size_t(l)].attn_norm = need(pre + "input_layernorm.weight");
     tm.layers[size_t(l)].mlp_norm = need(pre + "post_attention_layernorm.weight");
-    norms.emplace_back().init(pre + "input_layernorm.weight", tw.at(pre + "input_layernorm.weight"));
-    norms.emplace_back().init(pre + "post_attention_layernorm.weight", tw.at(pre + "post_attention_layernorm.weight"));
+    norms.emplace_back().init(pre + "input_layernorm.weight", student_norm(pre + "input_layernorm.weight"));
+    norms.emplace_back().init(pre + "post_attention_layernorm.weight",
+                              student_norm(pre + "post_attention_layernorm.weight"));
     sm.layers[size_t(l)].attn_norm = norms[size_t(2 * l)].w.data();
     sm.layers[size_t(l)].mlp_norm = norms[size_t(2 * l + 1)].w.data();
   }
-  norms.emplace_back().init("model.norm.weight", tw.at("model.norm.weight"));
+  norms.emplace_back().init("model.norm.weight", student_norm("model.norm.weight"));
   sm.final_norm = norms.back().w.data();
   auto check_fixed = [&](const std::vector<float>& v, const char* what) {
     if (!v.empty() && int64_t(v.size()) != cfg.vocab * H)

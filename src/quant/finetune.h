@@ -4,6 +4,8 @@
 // quantized model's next-token distributions match the unquantized model's on the
 // calibration text (KL divergence, teacher = the model being quantized). The codes stay
 // as they are, so the file format, the bits per weight and the kernels are unchanged.
+// (Training the codes too, through a straight-through rounding, was measured and
+// rejected: docs/QUANTIZATION.md, fifteenth session.)
 //
 // This is the idea of EfficientQAT's end-to-end stage and of PEQA: a layer-wise
 // quantizer matches each matrix's own outputs, but at 2-3 bits the errors of many
@@ -42,6 +44,9 @@ struct FinetuneOptions {
 // as the quantized file will hold them (fp32, rows x hidden); empty = as stored in `teacher`.
 struct FinetuneFixed {
   std::vector<float> lm_head, embed;
+  // The student's RMSNorm weights where they differ from the teacher's (an earlier tuning),
+  // by tensor name; missing names start from the teacher's.
+  std::map<std::string, std::vector<float>> norms;
 };
 
 struct FinetuneResult {
