@@ -164,6 +164,28 @@ TEST(Cli, FinetuneTunesAQuantizedFolderWithoutTouchingItsCodes) {
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_FALSE(run.out.empty());
 
+  // --kl-reference: 0 against itself; the tuned 2-bit model is closer to the original
+  // than nothing (KL > 0, some top-1 agreement), and the reference's perplexity is the
+  // original's own.
+  const std::string text = tmp.file("text.txt");
+  test::write_file(text, read_text_file(std::string(ANYBIT_SHARED_DIR) + "/data/val.txt").substr(0, 6000));
+  auto field = [](const std::string& out, const std::string& key) {
+    const size_t p = out.find(key + " = ");
+    EXPECT_NE(p, std::string::npos) << key << " missing in " << out;
+    return p == std::string::npos ? -1.0 : std::stod(out.substr(p + key.size() + 3));
+  };
+  auto self = test::run_cli("perplexity -f " + text + " --ctx 128 --kl-reference " + kModel);
+  ASSERT_EQ(self.exit_code, 0) << self.err;
+  EXPECT_NEAR(field(self.out, "kl"), 0.0, 1e-9);
+  EXPECT_EQ(field(self.out, "top1_agree"), 1.0);
+  EXPECT_EQ(last_line(self.out).rfind("ppl = ", 0), 0u);
+  auto kl = test::run_cli("perplexity -m " + ft + " -f " + text + " --ctx 128 --kl-reference " + kModel);
+  ASSERT_EQ(kl.exit_code, 0) << kl.err;
+  EXPECT_GT(field(kl.out, "kl"), 1e-3);
+  EXPECT_GT(field(kl.out, "top1_agree"), 0.2);
+  EXPECT_LT(field(kl.out, "top1_agree"), 1.0);
+  EXPECT_EQ(field(kl.out, "reference_ppl"), field(self.out, "ppl"));
+
   r = test::run_cli("quantize -o " + qft + " --quantizer rtn-clip --bits 2 --group 64 --finetune 1" + small);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(json::parse(read_text_file(qft + "/quantization_config.json")).contains("finetune"));
