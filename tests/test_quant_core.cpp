@@ -18,22 +18,15 @@
 #include "quant/objective.h"
 #include "quant/refine.h"
 
+#include "test_util.h"
+
 using namespace anybit;
 using namespace anybit::quant;
 
 namespace {
 
-std::mt19937& rng() {
-  static std::mt19937 g(std::random_device{}());
-  return g;
-}
-
-std::vector<float> normal(size_t n, float sd = 1.0f) {
-  std::normal_distribution<float> d(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng());
-  return v;
-}
+using test::normal;
+using test::rng;
 
 // Inputs with correlated channels and uneven magnitudes, like real activations.
 std::vector<float> correlated_inputs(int64_t m, int64_t k) {

@@ -16,22 +16,15 @@
 #include "quant/objective.h"
 #include "runtime/random_model.h"
 
+#include "test_util.h"
+
 using namespace anybit;
 using namespace anybit::quant;
 
 namespace {
 
-std::mt19937& rng() {
-  static std::mt19937 g(std::random_device{}());
-  return g;
-}
-
-std::vector<float> normal(size_t n, float sd, float mean = 0.0f) {
-  std::normal_distribution<float> d(mean, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng());
-  return v;
-}
+using test::normal;
+using test::rng;
 
 std::vector<std::vector<int32_t>> random_windows(int64_t n, int64_t T, int64_t vocab) {
   std::uniform_int_distribution<int32_t> d(0, int32_t(vocab - 1));

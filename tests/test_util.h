@@ -1,10 +1,11 @@
-// Helpers shared by the tests: temp folders, file writing, running the CLI.
+// Helpers shared by the tests: temp folders, file writing, running the CLI, fresh random data.
 #pragma once
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
+#include <vector>
 
 namespace anybit::test {
 
@@ -50,6 +51,20 @@ inline CommandResult run_cli(const std::string& args, const std::string& stdin_t
     return std::string(std::istreambuf_iterator<char>(f), {});
   };
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(out), slurp(err)};
+}
+
+// One generator per test binary, seeded from the device: every run draws fresh data.
+inline std::mt19937& rng() {
+  static std::mt19937 g(std::random_device{}());
+  return g;
+}
+
+// n draws of N(mean, sd^2).
+inline std::vector<float> normal(size_t n, float sd = 1.0f, float mean = 0.0f) {
+  std::normal_distribution<float> d(mean, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng());
+  return v;
 }
 
 }  // namespace anybit::test

@@ -4,8 +4,6 @@
 // layer-wise quantizer.
 #include <spdlog/spdlog.h>
 
-#include <cstring>
-
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
@@ -24,15 +22,6 @@ struct FinetuneArgs {
   int64_t calib_tokens = 131072, calib_ctx = 512;
   quant::FinetuneOptions opts;
 };
-
-std::vector<float> f32_of(const TensorView& t) {
-  std::vector<float> v(size_t(t.numel()));
-  const int64_t cols = t.shape.empty() ? 1 : t.shape.back(), rows = t.numel() / cols;
-  const size_t rb = dtype_row_bytes(t.dtype, cols);
-  for (int64_t r = 0; r < rows; ++r)
-    dequantize_row(t.dtype, static_cast<const uint8_t*>(t.data) + size_t(r) * rb, v.data() + r * cols, cols);
-  return v;
-}
 
 int run_finetune(FinetuneArgs& a) {
   if (a.opts.epochs <= 0) fail("--epochs must be at least 1");
@@ -64,7 +53,7 @@ int run_finetune(FinetuneArgs& a) {
     } else if (name == "model.embed_tokens.weight" && t.dtype == DType::QBITS) {
       fixed.embed = quant::effective_weight(quantized_of(t));
     } else if (name.size() > 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0) {
-      fixed.norms[name] = f32_of(t);
+      fixed.norms[name] = tensor_as_f32(t);
     }
   }
   const std::string text = read_text_file(a.calib);
@@ -81,13 +70,7 @@ int run_finetune(FinetuneArgs& a) {
     if (auto it = linear.find(name); it != linear.end()) {
       add_quantized(*out, name, it->second);
     } else if (auto nt = r.norms.find(name); nt != r.norms.end()) {
-      TensorView v = t;
-      v.dtype = DType::F32;
-      v.nbytes = nt->second.size() * 4;
-      std::vector<uint8_t> bytes(v.nbytes);
-      std::memcpy(bytes.data(), nt->second.data(), v.nbytes);
-      v.data = out->own(std::move(bytes));
-      out->add(std::move(v));
+      add_float_tensor(*out, name, t.shape, nt->second, DType::F32);
     } else {
       out->add(t);
     }

@@ -36,4 +36,11 @@ class TensorStore {
   std::vector<std::unique_ptr<std::vector<uint8_t>>> owned_;
 };
 
+// Every value of a stored tensor (any row dtype; not QBITS) as fp32, row by row.
+std::vector<float> tensor_as_f32(const TensorView& t);
+// Adds `values` under `name` as an owned tensor stored in `dtype` (BF16 or F16; any other
+// dtype stores F32).
+void add_float_tensor(TensorStore& store, const std::string& name, std::vector<int64_t> shape,
+                      const std::vector<float>& values, DType dtype);
+
 }  // namespace anybit

@@ -21,18 +21,6 @@ const char* const kMatrixNames[kGradMatrices] = {"self_attn.q_proj", "self_attn.
                                                  "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
                                                  "mlp.down_proj"};
 
-std::vector<float> tensor_f32(const TensorView& t) {
-  if (t.dtype == DType::QBITS) fail("fine-tuning: teacher tensor {} is quantized; give the original model", t.name);
-  int64_t n = 1;
-  for (int64_t d : t.shape) n *= d;
-  const int64_t cols = t.shape.empty() ? 1 : t.shape.back(), rows = n / cols;
-  std::vector<float> out(static_cast<size_t>(n));
-  const size_t rb = dtype_row_bytes(t.dtype, cols);
-  for (int64_t r = 0; r < rows; ++r)
-    dequantize_row(t.dtype, static_cast<const uint8_t*>(t.data) + size_t(r) * rb, out.data() + r * cols, cols);
-  return out;
-}
-
 struct Adam {
   std::vector<float> m, v;
   void init(size_t n) { m.assign(n, 0.0f), v.assign(n, 0.0f); }
@@ -178,7 +166,8 @@ FinetuneResult finetune_quantized(const ModelConfig& cfg, const TensorStore& tea
     if (it != tw.end()) return it->second.data();
     const TensorView* t = teacher.find(name);
     if (!t) return nullptr;
-    return tw.emplace(name, tensor_f32(*t)).first->second.data();
+    if (t->dtype == DType::QBITS) fail("fine-tuning: teacher tensor {} is quantized; give the original model", name);
+    return tw.emplace(name, tensor_as_f32(*t)).first->second.data();
   };
   auto need = [&](const std::string& name) {
     const float* p = take(name);

@@ -173,8 +173,7 @@ void LlamaGrad::forward(const GradModel& m, const std::vector<const std::vector<
   std::vector<float> n1(size_t(M * H)), r1(static_cast<size_t>(M)), q(size_t(M * nh * hd)), k(size_t(M * nkv * hd)),
       v(size_t(M * nkv * hd)), a(size_t(M * nh * hd)), o(size_t(M * H)), n2(size_t(M * H)), r2(static_cast<size_t>(M)),
       gate(size_t(M * F)), up(size_t(M * F)), act(size_t(M * F)), d(size_t(M * H)), p;
-  std::vector<float> qh(size_t(T * hd)), kh(size_t(T * hd)), vt(size_t(T * hd)), oh(size_t(T * hd)), s(size_t(T * T)),
-      tmp;
+  std::vector<float> qh(size_t(T * hd)), kh(size_t(T * hd)), vt(size_t(T * hd)), oh(size_t(T * hd)), s(size_t(T * T));
   for (int64_t l = 0; l < L; ++l) {
     const GradLayer& ly = m.layers[size_t(l)];
     rmsnorm_fwd(x.data(), ly.attn_norm, M, H, cfg_.rms_eps, n1.data(), r1.data());

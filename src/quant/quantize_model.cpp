@@ -6,7 +6,6 @@
 #include <cmath>
 #include <map>
 #include <set>
-#include <cstring>
 
 #include "core/error.h"
 #include "core/progress.h"
@@ -47,12 +46,7 @@ SiteStats site_stats(const InputStats& s, double damp) {
 std::vector<float> matrix_f32(const TensorView& t) {
   if (t.shape.size() != 2) fail("tensor {} is not a matrix", t.name);
   if (t.dtype == DType::QBITS) fail("tensor {} is already quantized; quantize the original model", t.name);
-  const int64_t rows = t.shape[0], cols = t.shape[1];
-  std::vector<float> out(size_t(rows * cols));
-  const size_t rb = dtype_row_bytes(t.dtype, cols);
-  for (int64_t r = 0; r < rows; ++r)
-    dequantize_row(t.dtype, static_cast<const uint8_t*>(t.data) + size_t(r) * rb, out.data() + r * cols, cols);
-  return out;
+  return tensor_as_f32(t);
 }
 
 // A store with the input's tensors, some replaced by fp32 buffers (quantized weights
@@ -440,15 +434,8 @@ QuantizeResult quantize_model(const ModelFiles& in, const QuantizeOptions& o) {
   }
 
   for (const auto& [name, t] : src.all()) {
-    auto nt = tuned_norms.find(name);
-    if (nt != tuned_norms.end()) {
-      TensorView v = t;
-      v.dtype = DType::F32;
-      v.nbytes = nt->second.size() * 4;
-      std::vector<uint8_t> bytes(v.nbytes);
-      std::memcpy(bytes.data(), nt->second.data(), v.nbytes);
-      v.data = out->own(std::move(bytes));
-      out->add(std::move(v));
+    if (auto nt = tuned_norms.find(name); nt != tuned_norms.end()) {
+      add_float_tensor(*out, name, t.shape, nt->second, DType::F32);
       continue;
     }
     auto it = done.find(name);

@@ -1,7 +1,6 @@
 #include "quant/rotate.h"
 
 #include <cmath>
-#include <cstring>
 #include <random>
 
 #include "core/error.h"
@@ -57,36 +56,6 @@ std::vector<double> kron(const std::vector<double>& a, int64_t na, const std::ve
   return k;
 }
 
-std::vector<float> read_f32(const TensorView& t) {
-  std::vector<float> out(size_t(t.numel()));
-  const int64_t cols = t.shape.empty() ? 1 : t.shape.back(), rows = t.numel() / cols;
-  const size_t rb = dtype_row_bytes(t.dtype, cols);
-  for (int64_t r = 0; r < rows; ++r)
-    dequantize_row(t.dtype, static_cast<const uint8_t*>(t.data) + size_t(r) * rb, out.data() + r * cols, cols);
-  return out;
-}
-
-void add_tensor(TensorStore& store, const std::string& name, std::vector<int64_t> shape, const std::vector<float>& v,
-                DType dtype) {
-  if (dtype != DType::BF16 && dtype != DType::F16) dtype = DType::F32;
-  TensorView t;
-  t.name = name;
-  t.shape = std::move(shape);
-  t.dtype = dtype;
-  std::vector<uint8_t> bytes(v.size() * (dtype == DType::F32 ? 4 : 2));
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (dtype == DType::F32) {
-      std::memcpy(bytes.data() + 4 * i, &v[i], 4);
-    } else {
-      const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(v[i]) : f32_to_f16(v[i]);
-      std::memcpy(bytes.data() + 2 * i, &h, 2);
-    }
-  }
-  t.nbytes = bytes.size();
-  t.data = store.own(std::move(bytes));
-  store.add(std::move(t));
-}
-
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -140,7 +109,7 @@ ModelFiles rotate_residual(ModelFiles in, uint64_t seed, std::string* descriptio
   const TensorStore& src = *in.weights;
   auto norm = [&](const std::string& name) {
     const TensorView& t = src.get(name, {H});
-    return read_f32(t);
+    return tensor_as_f32(t);
   };
   auto store = std::make_shared<TensorStore>();
   store->set_origin(src.origin() + " (rotated)");
@@ -150,7 +119,7 @@ ModelFiles rotate_residual(ModelFiles in, uint64_t seed, std::string* descriptio
     const TensorView& t = src.get(name);
     if (t.shape.size() != 2 || t.shape[1] != H) fail("--rotate: {} has shape {}, expected [*, {}]", name, t.shape_str(), H);
     const int64_t R = t.shape[0];
-    std::vector<float> w = read_f32(t), out(w.size());
+    std::vector<float> w = tensor_as_f32(t), out(w.size());
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < R; ++r) {
       std::vector<double> row(size_t(H), 0.0), acc(size_t(H), 0.0);
@@ -169,7 +138,7 @@ ModelFiles rotate_residual(ModelFiles in, uint64_t seed, std::string* descriptio
     const TensorView& t = src.get(name);
     if (t.shape.empty() || t.shape[0] != H) fail("--rotate: {} has shape {}, expected [{}, *]", name, t.shape_str(), H);
     const int64_t D = t.shape.size() == 2 ? t.shape[1] : 1;
-    std::vector<float> w = read_f32(t), out(w.size());
+    std::vector<float> w = tensor_as_f32(t), out(w.size());
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < H; ++i) {
       std::vector<double> acc(size_t(D), 0.0);
@@ -183,7 +152,7 @@ ModelFiles rotate_residual(ModelFiles in, uint64_t seed, std::string* descriptio
     return std::make_pair(t, out);
   };
   auto put = [&](const std::pair<TensorView, std::vector<float>>& r, DType dtype) {
-    add_tensor(*store, r.first.name, r.first.shape, r.second, dtype);
+    add_float_tensor(*store, r.first.name, r.first.shape, r.second, dtype);
   };
   const std::vector<float> ones(size_t(H), 1.0f);
 
@@ -196,12 +165,12 @@ ModelFiles rotate_residual(ModelFiles in, uint64_t seed, std::string* descriptio
     for (const char* m : {"mlp.gate_proj.weight", "mlp.up_proj.weight"}) put(rotate_in(p + m, &g_mlp), DType::F32);
     for (const char* m : {"self_attn.o_proj.weight", "mlp.down_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.bias"})
       if (src.contains(p + m)) put(rotate_out(p + m), DType::F32);
-    add_tensor(*store, p + "input_layernorm.weight", {H}, ones, DType::F32);
-    add_tensor(*store, p + "post_attention_layernorm.weight", {H}, ones, DType::F32);
+    add_float_tensor(*store, p + "input_layernorm.weight", {H}, ones, DType::F32);
+    add_float_tensor(*store, p + "post_attention_layernorm.weight", {H}, ones, DType::F32);
   }
   const std::vector<float> g_final = norm("model.norm.weight");
   put(rotate_in("lm_head.weight", &g_final), DType::F32);
-  add_tensor(*store, "model.norm.weight", {H}, ones, DType::F32);
+  add_float_tensor(*store, "model.norm.weight", {H}, ones, DType::F32);
 
   // Everything else (q/k/v biases, per-head norms, ...) does not touch the stream: shared.
   for (const auto& [name, t] : src.all())
