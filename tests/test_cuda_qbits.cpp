@@ -179,6 +179,31 @@ TEST(CudaQbits, GemvMatchesDequantizedReference) {
   }
 }
 
+// Groups that are not 1, 2, 4 or 8 chunks (the SIMT GEMV then divides for each chunk's group
+// instead of stepping it; the tensor-core GEMV does not take them), at row counts that leave
+// a partial last group of 4 rows (it reads the zero rows upload_qbits pads with).
+TEST(CudaQbits, GemvOtherGroupSizes) {
+  ANYBIT_REQUIRE_CUDA();
+  const uint64_t seed = test::qbits_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (int group : {96, 160, 512, 1024})
+    for (int bits : {3, 4, 6})
+      for (bool asym : {false, true}) {
+        test::QSpec s;
+        s.bits = bits, s.group = group, s.asym = asym, s.input_scale = rng() % 2 == 0;
+        s.rows = int64_t(4 * (1 + rng() % 40) + 1 + rng() % 3);
+        s.cols = int64_t(group) * int64_t(1 + rng() % (4096 / group));
+        s.f32_meta = rng() % 3 == 0;
+        const Weight w(test::random_qweight(s, rng));
+        for (int64_t m : {1, 3})
+          for (auto op : {cuda::InputOp::None, cuda::InputOp::RmsNorm}) {
+            check_gemv(rng, w, m, op, rng() % 2 == 0, rng() % 2 == 0);
+            if (HasFatalFailure()) return;
+          }
+      }
+}
+
 // Shapes that take the other code paths: split-K over 2..8 warps (small N, long K), x
 // staged beyond 48 KiB of shared memory (long K at m = 4), many row groups per warp, row
 // groups interleaved over the blocks (N and K >= 4096).

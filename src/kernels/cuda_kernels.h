@@ -86,6 +86,9 @@ void reserve_gemm_workspace(int64_t m, int64_t K, int64_t N, cudaStream_t s);
 
 // ---- QBITS (any-bit, 2..8) weights: W{bits}A16 GEMV, src/kernels/matmul_qbits_cuda.cu --------
 // Device copy of a QbitsGpuPack (layout in kernels/qbits_cuda_pack.h).
+// Zero rows after each device array of a QBITS weight: the SIMT GEMV's last group of 4 rows
+// reads them instead of clamping each row index.
+constexpr int kQbitsPadRows = 3;
 struct QbitsDeviceWeight {
   int64_t rows = 0, cols = 0;  // N outputs, K inputs
   int bits = 0, group = 0;
@@ -93,6 +96,7 @@ struct QbitsDeviceWeight {
   bool asymmetric = false;
   bool scales_f16 = false, zeros_f16 = false;  // else fp32
   const uint8_t* planes[3] = {nullptr, nullptr, nullptr};  // planes per qbits_plane_split(bits)
+  // Planes, scales and zeros are each followed by kQbitsPadRows rows of zeros (upload_qbits).
   const void* scales = nullptr;  // [rows][cols/group]
   const void* zeros = nullptr;   // [rows][cols/group], asymmetric only
   const float* inv_input_scale = nullptr;  // [cols] or null

@@ -53,6 +53,7 @@ using namespace qdetail;
 template <int M>
 __host__ __device__ constexpr int gemv_threads() { return M == 1 ? 512 : 256; }
 constexpr int kR = 4;                  // output rows per warp
+static_assert(kQbitsPadRows >= kR - 1, "the last row group reads up to kR - 1 rows past N");
 constexpr int kChunkWords = 20;        // 16 half2 of x per chunk + 4 words of padding
 constexpr size_t kMaxSmem = 220 * 1024;  // below the 227 KiB opt-in limit of sm_90
 
@@ -137,7 +138,9 @@ __device__ __forceinline__ void write_out(const QParams& p, int64_t n0, int lane
   }
 }
 
-template <int BITS, int M, InputOp OP>
+// ASYM: per-group zero points (p.asym). Symmetric weights have the zero 2^(BITS-1) as a
+// compile-time constant, so their per-row zero arithmetic and zero loads disappear.
+template <int BITS, int M, InputOp OP, bool ASYM>
 __global__ void __launch_bounds__(gemv_threads<M>(), 1) qbits_gemv_kernel(const QParams p) {
   constexpr int kQThreads = gemv_threads<M>(), kQWarps = kQThreads / 32;
   extern __shared__ uint4 s_dyn[];
@@ -160,18 +163,42 @@ __global__ void __launch_bounds__(gemv_threads<M>(), 1) qbits_gemv_kernel(const 
   const int64_t rg0 = p.spread ? int64_t(warp / p.ks) * gridDim.x + blockIdx.x : int64_t(blockIdx.x) * wpb + warp / p.ks;
   const int total = rg0 < p.groups ? int((p.groups - 1 - rg0) / rg_stride + 1) * T : 0;
 
-  auto row_of = [&](int64_t g, int r) { const int64_t n = g * kR + r; return n < p.N ? n : p.N - 1; };
-  // Cursors over the items (chunk step j of row group rg), advanced without divisions:
-  // one for the chunk being fetched D steps ahead, one for the chunk being computed.
-  int fj = 0, fetched = 0;
+  // The fetch cursor, in 32-bit indices (check_weight keeps N * nch below 2^31): row * nch and
+  // row * G of the first of the kR rows being fetched, the lane's chunk q and its group q / cpg,
+  // advanced by additions. The last row group may reach past N into the kR - 1 zero rows that
+  // upload_qbits pads every matrix with (their results are not written); chunks past q_end read
+  // chunk q_end - 1 (their products are skipped); past the warp's work the cursor stops, so no
+  // load needs a predicate.
+  // Before, the 64-bit row clamps, multiplies and the division q / cpg of every row's load
+  // took about 190 of the 510 instructions of a 4-row chunk step (8B gate|up, H100 SASS).
+  const uint32_t nchu = uint32_t(p.nch), Gu = uint32_t(p.G), cpgu = uint32_t(p.cpg);
+  const int q0 = q_begin + lane, q_last = max(q_end - 1, 0);
+  // Groups of 1, 2, 4 or 8 chunks: q / cpg grows by 32 / cpg per step; others divide.
+  const int cpg_shift = p.cpg_shift;
+  const uint32_t qg0 = uint32_t(q0) / cpgu, qg_last = uint32_t(q_last) / cpgu;
+  uint32_t f_row = 0, f_grp = 0;
+  int f_q = q0, fj = 0, fetched = 0;
+  uint32_t f_qg = qg0;
   int64_t frg = rg0;
+  auto set_rows = [&] {  // a warp without work reads the last row group
+    const uint32_t row = uint32_t((frg < p.groups ? frg : p.groups - 1) * kR);
+    f_row = row * nchu, f_grp = row * Gu;
+  };
+  set_rows();
   auto fetch_next = [&](Chunk<BITS>(&c)[kR]) {
-    const int q = q_begin + lane + 32 * fj;
-    if (fetched < total && q < q_end)
+    const bool in = f_q <= q_last;
+    const uint32_t rc = f_row + uint32_t(in ? f_q : q_last), gi = f_grp + (in ? f_qg : qg_last);
 #pragma unroll
-      for (int r = 0; r < kR; ++r) load_chunk<BITS>(p, row_of(frg, r), q, c[r]);
-    ++fetched;
-    if (++fj == T) fj = 0, frg += rg_stride;
+    for (int r = 0; r < kR; ++r) {
+      load_planes<BITS>(p, int64_t(rc + r * nchu), c[r]);
+      c[r].s = group_meta(p.scales, p.scales_f16, gi + r * Gu);
+      if constexpr (ASYM) c[r].z = group_meta(p.zeros, p.zeros_f16, gi + r * Gu);
+    }
+    if (++fetched < total) {
+      f_q += 32;
+      f_qg = cpg_shift >= 0 ? f_qg + (32u >> cpg_shift) : uint32_t(f_q) / cpgu;
+      if (++fj == T) fj = 0, f_q = q0, f_qg = qg0, frg += rg_stride, set_rows();
+    }
   };
 
   // Weights are never written by earlier kernels: the first D chunk steps are requested
@@ -267,9 +294,14 @@ __global__ void __launch_bounds__(gemv_threads<M>(), 1) qbits_gemv_kernel(const 
         float zf[kR];
 #pragma unroll
         for (int r = 0; r < kR; ++r) {
-          const float zi = fminf(fmaxf(rintf(cur[r].z), -1024.0f), 1024.0f);
-          zf[r] = cur[r].z - zi;
-          nz[r] = __float2half2_rn(-zi);
+          if constexpr (ASYM) {
+            const float zi = fminf(fmaxf(rintf(cur[r].z), -1024.0f), 1024.0f);
+            zf[r] = cur[r].z - zi;
+            nz[r] = __float2half2_rn(-zi);
+          } else {
+            zf[r] = 0.0f;
+            nz[r] = h2_const(h_neg_pow2(BITS - 1));  // -2^(BITS-1), exact
+          }
 #pragma unroll
           for (int i = 0; i < M; ++i)
 #pragma unroll
@@ -286,7 +318,7 @@ __global__ void __launch_bounds__(gemv_threads<M>(), 1) qbits_gemv_kernel(const 
           for (int i = 0; i < M; ++i) {
             float d = __low2float(hacc[0][r][i]) + __high2float(hacc[0][r][i]);
             if constexpr (acc_banks<M>() > 1) d += __low2float(hacc[1][r][i]) + __high2float(hacc[1][r][i]);
-            if (p.asym) d = fmaf(-zf[r], sxs[i * p.nch + q], d);
+            if constexpr (ASYM) d = fmaf(-zf[r], sxs[i * p.nch + q], d);
             acc[r][i] = fmaf(cur[r].s * cs[i * p.nch + q], d, acc[r][i]);
           }
       }
@@ -329,10 +361,10 @@ __global__ void __launch_bounds__(gemv_threads<M>(), 1) qbits_gemv_kernel(const 
 
 size_t stage_bytes(int M, int64_t nch) { return size_t(M) * size_t(nch) * (kChunkWords * 4 + 8); }
 
-template <int BITS, int M, InputOp OP>
+template <int BITS, int M, InputOp OP, bool ASYM>
 void launch_op(QParams p, cudaStream_t s) {
   constexpr int kQThreads = gemv_threads<M>(), kQWarps = kQThreads / 32;
-  auto* kern = qbits_gemv_kernel<BITS, M, OP>;
+  auto* kern = qbits_gemv_kernel<BITS, M, OP, ASYM>;
   const size_t shm = stage_bytes(M, p.nch);
   // Opt in to more than 48 KiB once per instantiation (not a stream operation, so this
   // is legal while a graph is being captured).
@@ -381,13 +413,19 @@ void launch_op(QParams p, cudaStream_t s) {
   launch_pdl(kern, unsigned(grid), kQThreads, shm, s, p);
 }
 
+template <int BITS, int M, bool ASYM>
+void launch_m_asym(const QParams& p, InputOp op, cudaStream_t s) {
+  switch (op) {
+    case InputOp::None: launch_op<BITS, M, InputOp::None, ASYM>(p, s); break;
+    case InputOp::RmsNorm: launch_op<BITS, M, InputOp::RmsNorm, ASYM>(p, s); break;
+    case InputOp::SiluMul: launch_op<BITS, M, InputOp::SiluMul, ASYM>(p, s); break;
+  }
+}
+
 template <int BITS, int M>
 void launch_m(const QParams& p, InputOp op, cudaStream_t s) {
-  switch (op) {
-    case InputOp::None: launch_op<BITS, M, InputOp::None>(p, s); break;
-    case InputOp::RmsNorm: launch_op<BITS, M, InputOp::RmsNorm>(p, s); break;
-    case InputOp::SiluMul: launch_op<BITS, M, InputOp::SiluMul>(p, s); break;
-  }
+  if (p.asym) launch_m_asym<BITS, M, true>(p, op, s);
+  else launch_m_asym<BITS, M, false>(p, op, s);
 }
 
 template <int BITS>
@@ -410,6 +448,9 @@ void check_weight(const QbitsDeviceWeight& w) {
   for (int pl = 0; pl < plane_count(w.bits); ++pl)
     if (!w.planes[pl] || !aligned(w.planes[pl], 16)) fail("CUDA gemv_qbits: plane {} missing or not 16-byte aligned", pl);
   if (!w.scales || (w.asymmetric && !w.zeros)) fail("CUDA gemv_qbits: scales or zeros missing");
+  // The kernels index chunks and groups of one matrix with 32-bit integers.
+  if (w.rows * (w.cols / 32) >= (int64_t(1) << 31))
+    fail("CUDA gemv_qbits: {} x {} has 2^31 or more 32-column chunks", w.rows, w.cols);
 }
 
 void check_a16(const QbitsDeviceWeight& w, const char* what) {
@@ -502,14 +543,21 @@ QbitsDeviceAlloc upload_qbits(const QbitsGpuPack& p) {
       (p.asymmetric && (p.zeros_f16 ? p.zeros_h.size() : p.zeros_f.size()) != ng))
     fail("upload_qbits: metadata sizes do not match {} groups", ng);
   auto align256 = [](size_t n) { return (n + 255) / 256 * 256; };
+  // kQbitsPadRows zero rows after each plane and metadata array: the SIMT GEMV's last row
+  // group reads them instead of clamping every row's index (results for them are not written).
+  const size_t pad_rows = size_t(kQbitsPadRows), gpr = size_t(p.groups_per_row());
   size_t off[6] = {}, total = 0;
-  for (int q = 0; q < np; ++q) off[q] = total, total += align256(p.planes[q].size());
-  off[3] = total, total += align256(sbytes);
-  off[4] = total, total += align256(zbytes);
+  for (int q = 0; q < np; ++q) {
+    const size_t n = p.planes[q].size();
+    off[q] = total, total += align256(n + pad_rows * (n / size_t(p.rows)));
+  }
+  off[3] = total, total += align256(sbytes + pad_rows * gpr * (p.scales_f16 ? 2 : 4));
+  off[4] = total, total += align256(zbytes ? zbytes + pad_rows * gpr * (p.zeros_f16 ? 2 : 4) : 0);
   off[5] = total, total += align256(p.inv_input_scale.size() * 4);
 
   QbitsDeviceAlloc a;
   ANYBIT_CUDA_CHECK(cudaMalloc(&a.buffer, total));
+  ANYBIT_CUDA_CHECK(cudaMemset(a.buffer, 0, total));
   a.bytes = total;
   auto* base = static_cast<char*>(a.buffer);
   auto put = [&](size_t o, const void* src, size_t n) {
