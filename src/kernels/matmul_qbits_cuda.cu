@@ -167,8 +167,7 @@ __global__ void __launch_bounds__(gemv_threads<M>(), 1) qbits_gemv_kernel(const 
   // row * G of the first of the kR rows being fetched, the lane's chunk q and its group q / cpg,
   // advanced by additions. The last row group may reach past N into the kR - 1 zero rows that
   // upload_qbits pads every matrix with (their results are not written); chunks past q_end read
-  // chunk q_end - 1 (their products are skipped); past the warp's work the cursor stops, so no
-  // load needs a predicate.
+  // chunk q_end - 1 (their products are skipped), so no load needs a predicate.
   // Before, the 64-bit row clamps, multiplies and the division q / cpg of every row's load
   // took about 190 of the 510 instructions of a 4-row chunk step (8B gate|up, H100 SASS).
   const uint32_t nchu = uint32_t(p.nch), Gu = uint32_t(p.G), cpgu = uint32_t(p.cpg);
@@ -186,6 +185,9 @@ __global__ void __launch_bounds__(gemv_threads<M>(), 1) qbits_gemv_kernel(const 
   };
   set_rows();
   auto fetch_next = [&](Chunk<BITS>(&c)[kR]) {
+    // Past the warp's work nothing is loaded (a warp-uniform branch): with 2 steps in flight
+    // and as few as 4 steps per warp (1B shape), redundant loads cost 1.8% of the 1B decode.
+    if (fetched >= total) return;
     const bool in = f_q <= q_last;
     const uint32_t rc = f_row + uint32_t(in ? f_q : q_last), gi = f_grp + (in ? f_qg : qg_last);
 #pragma unroll
