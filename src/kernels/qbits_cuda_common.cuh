@@ -112,8 +112,9 @@ __device__ __forceinline__ void load_planes(const QParams& p, int64_t rc, Chunk<
 template <int BITS>
 __device__ __forceinline__ void load_chunk(const QParams& p, int64_t row, int64_t q, Chunk<BITS>& c) {
   load_planes<BITS>(p, row * p.nch + q, c);
-  // A division, not p.cpg_shift: on an H100 the shift made the SIMT GEMV slower (8B gate|up
-  // 28.6 -> 33.5 us, decode 388 -> 356 t/s), most likely through the code it changed around it.
+  // By row and chunk, with a division: the dequantizer and mma_qbits load a chunk per row
+  // this way. The two GEMVs keep 32-bit cursors advanced by additions instead (the SIMT
+  // GEMV's per-row 64-bit indices and divisions were 190 of its 510 instructions per step).
   const int64_t gi = row * p.G + q / p.cpg;
   c.s = group_meta(p.scales, p.scales_f16, gi);
   c.z = p.asym ? group_meta(p.zeros, p.zeros_f16, gi) : p.zero_sym;
