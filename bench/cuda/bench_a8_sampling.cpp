@@ -61,7 +61,7 @@ void bench_a8(std::mt19937_64& rng) {
         const double a16 = median_graph_us([&](int, cudaStream_t st) { linear_qbits(a, w16.w, scratch, st); }, reps);
         double cub = 0;
 #ifdef ANYBIT_WITH_CUBLAS
-        if (hb) cub = cublas_f16_us(hb, s.n, m, s.k, wh, xh, yh, reps);
+        if (hb) cub = cublas_f16_us(hb, s.n, m, s.k, {wh}, xh, yh, reps);
 #endif
         std::printf("| W%dA8 | %s %lldx%lld | %lld | %.1f | %.1f | %.1f | %.2f | %.2f |\n", bits, s.name, (long long)s.n,
                     (long long)s.k, (long long)m, a8, a16, cub, a16 / a8, cub > 0 ? cub / a8 : 0.0);
