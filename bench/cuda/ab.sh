@@ -6,6 +6,8 @@
 #
 #   bench/cuda/ab.sh prepare REV FILE...    # here: FILE as of REV into .carry-gpu/ab-old/
 #   bench/cuda/ab.sh build                  # GPU machine: old, then new (one build dir)
+#   bench/cuda/ab.sh single                 # GPU machine: the working tree only, as both sides
+#                                           # (an A/B by AB_ENV_NEW / AB_ENV_OLD alone)
 #   bench/cuda/ab.sh tg "ARGS;ARGS" [ROUNDS]   # anybit bench --device cuda -p 0 -n 128 -r 3 ARGS
 #   bench/cuda/ab.sh kernels SECTION        # anybit_cuda_bench SECTION (e.g. gemv, qgemv)
 #
@@ -70,6 +72,23 @@ build)
   cp build-gpu/anybit "$BIN/anybit-new" && cp build-gpu/anybit_cuda_bench "$BIN/bench-new"
   echo "new built: $(( $(date +%s) - t0 )) s"
   ;;
+single)
+  # One build where the two sides differ only by environment switches (e.g. AB_ENV_OLD=
+  # "ANYBIT_QBITS_GEMV_TC=0"): half the build time of `build`, and the same binary on both sides.
+  export PATH=/usr/local/cuda/bin:$PATH
+  if [[ -f $ROOT/.carry-gpu/pack/usr.tar.xz ]]; then rm -rf "$C" && tar -xJf "$ROOT/.carry-gpu/pack/usr.tar.xz" -C "$ROOT/.carry-gpu"; fi
+  export PKG_CONFIG_PATH=$C/lib/x86_64-linux-gnu/pkgconfig
+  source "$ROOT/scripts/gpu-shared.sh"
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+  t0=$(date +%s)
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$C" -DANYBIT_SHARED_DIR="$SHARED" \
+    >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+  cmake --build build-gpu -j "$(nproc)" --target anybit anybit_cuda_bench anybit_cuda_tests >"$OUT/build-new.log" 2>&1 ||
+    { grep -B5 -A10 error "$OUT/build-new.log" | head -60; exit 1; }
+  mkdir -p "$BIN"
+  for side in old new; do cp build-gpu/anybit "$BIN/anybit-$side" && cp build-gpu/anybit_cuda_bench "$BIN/bench-$side"; done
+  echo "working tree built for both sides: $(( $(date +%s) - t0 )) s"
+  ;;
 tg)
   IFS=';' read -ra cfgs <<<"${2:?ARGS;ARGS}"
   for round in $(seq 1 "${3:-2}"); do
@@ -91,7 +110,7 @@ kernels)
   done | tee -a "$OUT/kernels.txt"
   ;;
 *)
-  echo "usage: $0 prepare REV FILE... | build | tg \"ARGS;ARGS\" [ROUNDS] | kernels SECTION" >&2
+  echo "usage: $0 prepare REV FILE... | build | single | tg \"ARGS;ARGS\" [ROUNDS] | kernels SECTION" >&2
   exit 2
   ;;
 esac
