@@ -43,15 +43,19 @@ prepare)
   echo "$rev" >"$OLD/.rev"
   echo "old = $rev with $(cd "$OLD" && find . -type f ! -name .rev | wc -l) file(s) swapped back: $*"
   ;;
-build)
-  [[ -f $OLD/.rev ]] || { echo "run 'bench/cuda/ab.sh prepare REV FILE...' first" >&2; exit 2; }
+build | single)
+  # single: one build where the two sides differ only by environment switches (e.g. AB_ENV_OLD=
+  # "ANYBIT_QBITS_GEMV_TC=0"): half the build time, and the same binary on both sides.
+  mode=$1
+  [[ $mode == single || -f $OLD/.rev ]] || { echo "run 'bench/cuda/ab.sh prepare REV FILE...' first" >&2; exit 2; }
   export PATH=/usr/local/cuda/bin:$PATH
   # The carried pack replaces .carry-gpu each call: unpack it again.
   if [[ -f $ROOT/.carry-gpu/pack/usr.tar.xz ]]; then rm -rf "$C" && tar -xJf "$ROOT/.carry-gpu/pack/usr.tar.xz" -C "$ROOT/.carry-gpu"; fi
   export PKG_CONFIG_PATH=$C/lib/x86_64-linux-gnu/pkgconfig
   source "$ROOT/scripts/gpu-shared.sh"
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
-  files=$(cd "$OLD" && find . -type f ! -name .rev)
+  files=""
+  [[ $mode == build ]] && files=$(cd "$OLD" && find . -type f ! -name .rev)
   keep=$(mktemp -d)
   for f in $files; do mkdir -p "$keep/$(dirname "$f")" && cp "$f" "$keep/$f" && cp "$OLD/$f" "$f"; done
   restore() { for f in $files; do cp "$keep/$f" "$f" && touch "$f"; done; }
@@ -59,35 +63,22 @@ build)
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$C" -DANYBIT_SHARED_DIR="$SHARED" \
     >"$OUT/configure.log" 2>&1 || { restore; tail -30 "$OUT/configure.log"; exit 1; }
   mkdir -p "$BIN"
-  if ! cmake --build build-gpu -j "$(nproc)" --target anybit anybit_cuda_bench >"$OUT/build-old.log" 2>&1; then
+  if [[ $mode == build ]]; then
+    if ! cmake --build build-gpu -j "$(nproc)" --target anybit anybit_cuda_bench >"$OUT/build-old.log" 2>&1; then
+      restore
+      grep -B5 -A10 error "$OUT/build-old.log" | head -60
+      exit 1
+    fi
+    cp build-gpu/anybit "$BIN/anybit-old" && cp build-gpu/anybit_cuda_bench "$BIN/bench-old"
+    echo "old ($(cat "$OLD/.rev")) built: $(( $(date +%s) - t0 )) s"
     restore
-    grep -B5 -A10 error "$OUT/build-old.log" | head -60
-    exit 1
   fi
-  cp build-gpu/anybit "$BIN/anybit-old" && cp build-gpu/anybit_cuda_bench "$BIN/bench-old"
-  echo "old ($(cat "$OLD/.rev")) built: $(( $(date +%s) - t0 )) s"
-  restore
   cmake --build build-gpu -j "$(nproc)" --target anybit anybit_cuda_bench anybit_cuda_tests >"$OUT/build-new.log" 2>&1 ||
     { grep -B5 -A10 error "$OUT/build-new.log" | head -60; exit 1; }
-  cp build-gpu/anybit "$BIN/anybit-new" && cp build-gpu/anybit_cuda_bench "$BIN/bench-new"
+  sides=new
+  [[ $mode == single ]] && sides="old new"
+  for side in $sides; do cp build-gpu/anybit "$BIN/anybit-$side" && cp build-gpu/anybit_cuda_bench "$BIN/bench-$side"; done
   echo "new built: $(( $(date +%s) - t0 )) s"
-  ;;
-single)
-  # One build where the two sides differ only by environment switches (e.g. AB_ENV_OLD=
-  # "ANYBIT_QBITS_GEMV_TC=0"): half the build time of `build`, and the same binary on both sides.
-  export PATH=/usr/local/cuda/bin:$PATH
-  if [[ -f $ROOT/.carry-gpu/pack/usr.tar.xz ]]; then rm -rf "$C" && tar -xJf "$ROOT/.carry-gpu/pack/usr.tar.xz" -C "$ROOT/.carry-gpu"; fi
-  export PKG_CONFIG_PATH=$C/lib/x86_64-linux-gnu/pkgconfig
-  source "$ROOT/scripts/gpu-shared.sh"
-  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
-  t0=$(date +%s)
-  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$C" -DANYBIT_SHARED_DIR="$SHARED" \
-    >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-  cmake --build build-gpu -j "$(nproc)" --target anybit anybit_cuda_bench anybit_cuda_tests >"$OUT/build-new.log" 2>&1 ||
-    { grep -B5 -A10 error "$OUT/build-new.log" | head -60; exit 1; }
-  mkdir -p "$BIN"
-  for side in old new; do cp build-gpu/anybit "$BIN/anybit-$side" && cp build-gpu/anybit_cuda_bench "$BIN/bench-$side"; done
-  echo "working tree built for both sides: $(( $(date +%s) - t0 )) s"
   ;;
 tg)
   IFS=';' read -ra cfgs <<<"${2:?ARGS;ARGS}"

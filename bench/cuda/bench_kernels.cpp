@@ -54,19 +54,12 @@ void bench_w4_gemm(std::mt19937_64& rng) {
     // ran up to 20% faster than from HBM (seventeenth session).
     const QbitsGpuPack pack = pack_qbits_for_gpu(*make_random_qweight(s.n, s.k, 4, 128, false, 7));
     std::vector<QbitsDeviceAlloc> wqs;
-    const auto copies_for = [](size_t bytes) { return std::max<size_t>(2, (size_t(256) << 20) / bytes + 1); };
-    for (size_t c = copies_for(pack.weight_bytes()); c > 0; --c) wqs.push_back(upload_qbits(pack));
+    for (size_t c = l2_defeating_copies(pack.weight_bytes()); c > 0; --c) wqs.push_back(upload_qbits(pack));
     const QbitsDeviceAlloc& wq = wqs[0];
     void* scratch = nullptr;
     ANYBIT_CUDA_CHECK(cudaMalloc(&scratch, qbits_scratch_bytes(wq.w)));
     const size_t hbytes = size_t(s.n * s.k) * 2;
-    std::vector<void*> whs{random_device_bytes(hbytes, DType::F16, rng)};
-    for (size_t c = copies_for(hbytes); c > 1; --c) {
-      void* d = nullptr;
-      ANYBIT_CUDA_CHECK(cudaMalloc(&d, hbytes));
-      ANYBIT_CUDA_CHECK(cudaMemcpy(d, whs[0], hbytes, cudaMemcpyDeviceToDevice));
-      whs.push_back(d);
-    }
+    const std::vector<void*> whs = device_copies(random_device_bytes(hbytes, DType::F16, rng), hbytes);
     for (int64_t m : {1, 4, 8, 12, 16, 64}) {
       float* x = static_cast<float*>(random_device_bytes(size_t(m * s.k) * 4, DType::F32, rng));
       void* xh = random_device_bytes(size_t(m * s.k) * 2, DType::F16, rng);
@@ -163,15 +156,7 @@ int main(int argc, char** argv) {
     if (only == "qgemv") break;
     for (const Shape& s : shapes) {
         const size_t wbytes = size_t(s.n * s.k) * 2;
-        const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
-        std::vector<void*> ws;
-        ws.push_back(random_device_bytes(wbytes, dt, rng));
-        for (int i = 1; i < copies; ++i) {
-          void* d = nullptr;
-          ANYBIT_CUDA_CHECK(cudaMalloc(&d, wbytes));
-          ANYBIT_CUDA_CHECK(cudaMemcpy(d, ws[0], wbytes, cudaMemcpyDeviceToDevice));
-          ws.push_back(d);
-        }
+        const std::vector<void*> ws = device_copies(random_device_bytes(wbytes, dt, rng), wbytes);
         for (int64_t m : {1, 4}) {
         const int64_t ldx = s.op == InputOp::SiluMul ? 2 * s.k : s.k;
         float *x = nullptr, *y = nullptr, *nw = nullptr;
@@ -213,9 +198,8 @@ int main(int argc, char** argv) {
       if (only_shape && (bits != 4 || !std::strstr(s.name, only_shape))) continue;
       const QbitsGpuPack pack = pack_qbits_for_gpu(*make_random_qweight(s.n, s.k, bits, 128, false, 7));
       const size_t wbytes = pack.weight_bytes();
-      const int copies = int(std::max<size_t>(2, (size_t(256) << 20) / wbytes + 1));
       std::vector<QbitsDeviceAlloc> ws;
-      for (int i = 0; i < copies; ++i) ws.push_back(upload_qbits(pack));
+      for (size_t c = l2_defeating_copies(wbytes); c > 0; --c) ws.push_back(upload_qbits(pack));
       for (int64_t m : {1, 4}) {
         const int64_t ldx = s.op == InputOp::SiluMul ? 2 * s.k : s.k;
         float* x = static_cast<float*>(random_device_bytes(size_t(m * ldx) * 4, DType::F32, rng));

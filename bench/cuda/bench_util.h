@@ -92,6 +92,22 @@ inline void* random_device_bytes(size_t bytes, DType t, std::mt19937_64& rng) {
   return d;
 }
 
+// Copies of a weight that the timed launches rotate over so that none runs from the 50 MB L2:
+// at least 256 MB in all, and at least 2.
+inline size_t l2_defeating_copies(size_t bytes) { return std::max<size_t>(2, (size_t(256) << 20) / bytes + 1); }
+
+// `first` (bytes of device memory) and l2_defeating_copies(bytes) - 1 device copies of it.
+inline std::vector<void*> device_copies(void* first, size_t bytes) {
+  std::vector<void*> ws{first};
+  for (size_t c = l2_defeating_copies(bytes); c > 1; --c) {
+    void* d = nullptr;
+    ANYBIT_CUDA_CHECK(cudaMalloc(&d, bytes));
+    ANYBIT_CUDA_CHECK(cudaMemcpy(d, first, bytes, cudaMemcpyDeviceToDevice));
+    ws.push_back(d);
+  }
+  return ws;
+}
+
 #ifdef ANYBIT_WITH_CUBLAS
 // The baseline: cuBLAS fp16 y[m][n] = x[m][k] . W[n][k]^T (fp16 weights, activations,
 // output and compute), per-launch µs inside a CUDA graph.

@@ -179,7 +179,9 @@ __global__ void __launch_bounds__(gemv_threads<M>(), 1) qbits_gemv_kernel(const 
   int f_q = q0, fj = 0, fetched = 0;
   uint32_t f_qg = qg0;
   int64_t frg = rg0;
-  auto set_rows = [&] {  // a warp without work reads the last row group
+  // frg is past the last row group only for a warp without work, which loads nothing; the
+  // clamp keeps its unused indices in range.
+  auto set_rows = [&] {
     const uint32_t row = uint32_t((frg < p.groups ? frg : p.groups - 1) * kR);
     f_row = row * nchu, f_grp = row * Gu;
   };
